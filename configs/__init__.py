@@ -1,0 +1,1 @@
+"""Shipped configuration files (installed as ``quantorch.configs``); YAML only lives here."""

@@ -1,0 +1,190 @@
+"""Typed, strict, frozen configuration loaded from YAML.
+
+``configs/default.yaml`` ships inside the package as ``quantorch.configs/default.yaml``. Unknown
+keys are refused; a bad file fails at load time with the file, the field and the fix. CLI flags
+override file values through :func:`QuantorchConfig.with_overrides`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quantorch.errors import ConfigError
+
+__all__ = [
+    "CostConfig",
+    "DataConfig",
+    "BacktestConfig",
+    "DatabaseConfig",
+    "QuantorchConfig",
+    "default_config_path",
+    "load_config",
+    "resolve_db_path",
+]
+
+DB_ENV_VAR = "QUANTORCH_DB"
+Rebalance = Literal["daily", "weekly", "monthly"]
+SourceName = Literal["sample", "yfinance", "file"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CostConfig(_Strict):
+    """Trading costs, always charged. Basis points of traded notional."""
+
+    fee_bps: float = Field(1.0, ge=0, le=1000, description="commission per trade, bps of notional")
+    slippage_bps: float = Field(
+        5.0, ge=0, le=1000, description="adverse price move per trade, bps of the fill price"
+    )
+
+
+class DataConfig(_Strict):
+    """Where prices come from."""
+
+    source: SourceName = "sample"
+
+
+class BacktestConfig(_Strict):
+    """How a backtest trades."""
+
+    strategy: str = "buy-and-hold"
+    rebalance: Rebalance = "monthly"
+    initial_cash: float = Field(1_000_000.0, gt=0)
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+
+class DatabaseConfig(_Strict):
+    """The DuckDB file that stores prices, runs and everything they produce."""
+
+    path: Path = Path("quantorch.duckdb")
+
+
+class QuantorchConfig(_Strict):
+    """The whole configuration of one quantorch workspace."""
+
+    universe: list[str] = Field(min_length=1)
+    benchmark: str = "SP500"
+    data: DataConfig = DataConfig()
+    costs: CostConfig = CostConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-strategy parameters, keyed by strategy name"
+    )
+    database: DatabaseConfig = DatabaseConfig()
+    reports_dir: Path = Path("backtests")
+    seed: int = Field(42, ge=0)
+
+    @field_validator("universe")
+    @classmethod
+    def _tickers_upper_unique(cls, value: list[str]) -> list[str]:
+        tickers = [t.strip().upper() for t in value]
+        if any(not t for t in tickers):
+            raise ValueError("empty ticker in universe")
+        duplicates = sorted({t for t in tickers if tickers.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate tickers {duplicates}")
+        return tickers
+
+    @field_validator("benchmark")
+    @classmethod
+    def _benchmark_upper(cls, value: str) -> str:
+        return value.strip().upper()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> QuantorchConfig:
+        """A copy with dotted-key overrides applied (``{"costs.fee_bps": 2}``), re-validated."""
+        data = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return _validate(data, source="command-line options")
+
+    def config_hash(self) -> str:
+        """A stable hash of everything that changes a run's result (not paths)."""
+        payload = self.model_dump(mode="json", exclude={"database", "reports_dir"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_config_path() -> Path:
+    """The packaged ``configs/default.yaml``."""
+    return Path(str(resources.files("quantorch.configs").joinpath("default.yaml")))
+
+
+def _validate(data: Any, source: str) -> QuantorchConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    try:
+        return QuantorchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{field}' (remove it or check its spelling; see configs/default.yaml)"
+    if kind == "missing":
+        return f"missing required key '{field}' (add it; see configs/default.yaml)"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    got = first.get("input")
+    got_text = f", got {got!r}" if got is not None and not isinstance(got, dict | list) else ""
+    return f"field '{field}': {first['msg']}{got_text}; fix this value{more}"
+
+
+def load_config(path: str | Path | None = None) -> QuantorchConfig:
+    """Load and validate a config file; ``None`` loads the packaged default.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not valid YAML, or fails validation. The message names the file,
+        the field and the fix.
+    """
+    config_path = Path(path) if path is not None else default_config_path()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"config file {config_path} not found (pass an existing file with --config)"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(
+            f"{config_path}: malformed YAML{where}: {problem} (fix the syntax there)"
+        ) from exc
+    return _validate(data if data is not None else {}, source=str(config_path))
+
+
+def resolve_db_path(config: QuantorchConfig, cli_db: str | Path | None = None) -> Path:
+    """``--db`` wins, then the ``QUANTORCH_DB`` environment variable, then the config."""
+    if cli_db:
+        return Path(cli_db)
+    env = os.environ.get(DB_ENV_VAR)
+    if env:
+        return Path(env)
+    return config.database.path

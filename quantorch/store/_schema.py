@@ -1,0 +1,122 @@
+"""Schema migrations of the quantorch DuckDB file.
+
+Each migration is applied once, in order, inside one transaction, and recorded in
+``schema_version``. Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_V1 = (
+    """
+    CREATE TABLE prices (
+        ticker     VARCHAR NOT NULL,
+        date       DATE    NOT NULL,
+        source     VARCHAR NOT NULL,
+        open       DOUBLE,
+        high       DOUBLE,
+        low        DOUBLE,
+        close      DOUBLE  NOT NULL,
+        adj_close  DOUBLE  NOT NULL,
+        volume     DOUBLE,
+        PRIMARY KEY (ticker, date, source)
+    )
+    """,
+    "COMMENT ON TABLE prices IS 'Daily bars, one row per ticker, session date and source; "
+    "unadjusted OHLC plus the split-and-dividend adjusted close'",
+    "COMMENT ON COLUMN prices.date IS 'XNYS session date (the bar closes at 16:00 New York)'",
+    "COMMENT ON COLUMN prices.source IS 'provider that produced the row: sample, yfinance, file'",
+    "COMMENT ON COLUMN prices.close IS 'close as traded (equal to adj_close where the source "
+    "ships only adjusted prices)'",
+    "COMMENT ON COLUMN prices.adj_close IS 'close adjusted for splits and dividends (USD)'",
+    "COMMENT ON COLUMN prices.volume IS 'shares traded; NULL where the source has no volume'",
+    """
+    CREATE TABLE price_coverage (
+        ticker      VARCHAR   NOT NULL,
+        source      VARCHAR   NOT NULL,
+        first_date  DATE      NOT NULL,
+        last_date   DATE      NOT NULL,
+        fetched_at  TIMESTAMP NOT NULL,
+        PRIMARY KEY (ticker, source)
+    )
+    """,
+    "COMMENT ON TABLE price_coverage IS 'Date range already fetched per ticker and source: "
+    "a fetch inside it makes no request'",
+    """
+    CREATE TABLE runs (
+        run_id             VARCHAR PRIMARY KEY,
+        kind               VARCHAR   NOT NULL,
+        created_at         TIMESTAMP NOT NULL,
+        strategy           VARCHAR   NOT NULL,
+        source             VARCHAR   NOT NULL,
+        universe           VARCHAR[] NOT NULL,
+        benchmark          VARCHAR,
+        start_date         DATE      NOT NULL,
+        end_date           DATE      NOT NULL,
+        rebalance          VARCHAR   NOT NULL,
+        seed               INTEGER   NOT NULL,
+        config_hash        VARCHAR   NOT NULL,
+        config             JSON      NOT NULL,
+        code_version       VARCHAR   NOT NULL,
+        metrics            JSON      NOT NULL,
+        benchmark_metrics  JSON,
+        report_path        VARCHAR
+    )
+    """,
+    "COMMENT ON TABLE runs IS 'One row per backtest, training, evaluation or paper session'",
+    "COMMENT ON COLUMN runs.kind IS 'backtest | train | evaluate | paper'",
+    "COMMENT ON COLUMN runs.config_hash IS 'hash of every setting that changes the result'",
+    "COMMENT ON COLUMN runs.code_version IS 'quantorch version and git commit that produced it'",
+    "COMMENT ON COLUMN runs.metrics IS 'strategy metrics as JSON; returns as fractions'",
+    "COMMENT ON COLUMN runs.benchmark_metrics IS 'the same metrics for the benchmark'",
+    """
+    CREATE TABLE equity (
+        run_id            VARCHAR NOT NULL,
+        date              DATE    NOT NULL,
+        equity            DOUBLE  NOT NULL,
+        cash              DOUBLE  NOT NULL,
+        gross_exposure    DOUBLE  NOT NULL,
+        benchmark_equity  DOUBLE,
+        PRIMARY KEY (run_id, date)
+    )
+    """,
+    "COMMENT ON TABLE equity IS 'Daily portfolio value of a run, marked at the close (USD)'",
+    "COMMENT ON COLUMN equity.gross_exposure IS 'sum of |position value| / equity'",
+    "COMMENT ON COLUMN equity.benchmark_equity IS 'benchmark rebased to the initial cash'",
+    """
+    CREATE TABLE fills (
+        run_id         VARCHAR NOT NULL,
+        fill_id        INTEGER NOT NULL,
+        decision_date  DATE    NOT NULL,
+        fill_date      DATE    NOT NULL,
+        ticker         VARCHAR NOT NULL,
+        side           VARCHAR NOT NULL,
+        quantity       DOUBLE  NOT NULL,
+        fill_price     DOUBLE  NOT NULL,
+        notional       DOUBLE  NOT NULL,
+        fees           DOUBLE  NOT NULL,
+        slippage_cost  DOUBLE  NOT NULL,
+        PRIMARY KEY (run_id, fill_id)
+    )
+    """,
+    "COMMENT ON TABLE fills IS 'Executed orders of a run: decided at a close, filled at the next "
+    "session'",
+    "COMMENT ON COLUMN fills.fill_price IS 'price paid or received, slippage included "
+    "(adjusted USD)'",
+    "COMMENT ON COLUMN fills.slippage_cost IS 'USD lost to slippage against the reference price'",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "prices, coverage, runs, equity, fills", _V1),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
