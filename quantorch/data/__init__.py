@@ -1,0 +1,1 @@
+"""Market data: providers, calendar, validation, panels."""
