@@ -115,8 +115,81 @@ _V1 = (
     "COMMENT ON COLUMN fills.slippage_cost IS 'USD lost to slippage against the reference price'",
 )
 
+_V2 = (
+    """
+    CREATE TABLE fundamentals (
+        ticker      VARCHAR NOT NULL,
+        period_end  DATE    NOT NULL,
+        filed_at    DATE    NOT NULL,
+        metric      VARCHAR NOT NULL,
+        value       DOUBLE  NOT NULL,
+        source      VARCHAR NOT NULL,
+        PRIMARY KEY (ticker, period_end, metric, source)
+    )
+    """,
+    "COMMENT ON TABLE fundamentals IS 'Point-in-time statement items: usable only from filed_at'",
+    "COMMENT ON COLUMN fundamentals.filed_at IS 'date the filing became public (availability)'",
+    "COMMENT ON COLUMN fundamentals.metric IS 'item name, e.g. net_income_q, total_assets, "
+    "equity (USD)'",
+    """
+    CREATE TABLE news (
+        news_id       VARCHAR   NOT NULL PRIMARY KEY,
+        published_at  TIMESTAMP NOT NULL,
+        ticker        VARCHAR   NOT NULL,
+        headline      VARCHAR   NOT NULL,
+        body          VARCHAR,
+        source        VARCHAR   NOT NULL
+    )
+    """,
+    "COMMENT ON TABLE news IS 'News and social posts per ticker; only items published before a "
+    "decision count for it'",
+    "COMMENT ON COLUMN news.published_at IS 'publication time, UTC'",
+    "COMMENT ON COLUMN news.news_id IS 'hash of (ticker, published_at, headline, source)'",
+    """
+    CREATE TABLE tool_calls (
+        call_id        VARCHAR   NOT NULL PRIMARY KEY,
+        run_id         VARCHAR,
+        tool           VARCHAR   NOT NULL,
+        provider       VARCHAR   NOT NULL,
+        ticker         VARCHAR   NOT NULL,
+        as_of          TIMESTAMP NOT NULL,
+        arguments      JSON      NOT NULL,
+        outputs        JSON      NOT NULL,
+        summary        VARCHAR,
+        coverage       BOOLEAN   NOT NULL,
+        cost_usd       DOUBLE    NOT NULL,
+        latency_ms     DOUBLE    NOT NULL,
+        cache_hit      BOOLEAN   NOT NULL,
+        error          VARCHAR,
+        input_tokens   INTEGER,
+        output_tokens  INTEGER,
+        created_at     TIMESTAMP NOT NULL
+    )
+    """,
+    "COMMENT ON TABLE tool_calls IS 'Every analysis tool call: what was asked, what came back, "
+    "what it cost'",
+    "COMMENT ON COLUMN tool_calls.as_of IS 'decision time the call was made for (UTC); the tool "
+    "saw only data available then'",
+    "COMMENT ON COLUMN tool_calls.outputs IS 'numeric features returned, as JSON'",
+    "COMMENT ON COLUMN tool_calls.cost_usd IS 'price charged for the call (0 on a cache hit)'",
+    "COMMENT ON COLUMN tool_calls.latency_ms IS 'wall time of the call in milliseconds'",
+    "COMMENT ON COLUMN tool_calls.error IS 'why the call failed; NULL when it succeeded'",
+    """
+    CREATE TABLE tool_cache (
+        cache_key   VARCHAR   NOT NULL PRIMARY KEY,
+        tool        VARCHAR   NOT NULL,
+        provider    VARCHAR   NOT NULL,
+        payload     JSON      NOT NULL,
+        created_at  TIMESTAMP NOT NULL
+    )
+    """,
+    "COMMENT ON TABLE tool_cache IS 'Results of deterministic tool calls and LLM prompts, keyed "
+    "by a hash of tool, provider, version and inputs'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
+    Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
