@@ -187,9 +187,44 @@ _V2 = (
     "by a hash of tool, provider, version and inputs'",
 )
 
+_V3 = (
+    """
+    CREATE TABLE decisions (
+        run_id             VARCHAR   NOT NULL,
+        decision_id        INTEGER   NOT NULL,
+        orchestrator       VARCHAR   NOT NULL,
+        profile            VARCHAR   NOT NULL,
+        ticker             VARCHAR   NOT NULL,
+        decision_date      DATE      NOT NULL,
+        fill_date          DATE,
+        horizon            INTEGER   NOT NULL,
+        tools_called       VARCHAR[] NOT NULL,
+        n_calls            INTEGER   NOT NULL,
+        tool_cost_usd      DOUBLE    NOT NULL,
+        proposed_position  DOUBLE    NOT NULL,
+        target_weight      DOUBLE    NOT NULL,
+        guard_note         VARCHAR,
+        rationale          VARCHAR,
+        reward             DOUBLE,
+        PRIMARY KEY (run_id, decision_id)
+    )
+    """,
+    "COMMENT ON TABLE decisions IS 'One row per orchestrator decision (ticker, decision date): "
+    "tools called, their cost, the position proposed and what the RiskGuard let through'",
+    "COMMENT ON COLUMN decisions.decision_date IS 'session whose close the decision was taken at'",
+    "COMMENT ON COLUMN decisions.fill_date IS 'next session, when the resulting order filled'",
+    "COMMENT ON COLUMN decisions.horizon IS 'sessions over which the reward was measured'",
+    "COMMENT ON COLUMN decisions.tools_called IS 'tool:provider pairs called, in call order'",
+    "COMMENT ON COLUMN decisions.proposed_position IS 'orchestrator output in [-1, 1], a "
+    "fraction of the profile max position'",
+    "COMMENT ON COLUMN decisions.target_weight IS 'weight of equity after the RiskGuard'",
+    "COMMENT ON COLUMN decisions.guard_note IS 'which RiskGuard limit changed the position, if any'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
     Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
+    Migration(3, "decisions", _V3),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
