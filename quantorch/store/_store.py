@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 import subprocess
 import time
@@ -26,11 +27,14 @@ class Store:
     path
         The database file; created (with its parent folder) on the first write.
     lock_timeout
-        Seconds to keep retrying a file locked by another process.
+        Seconds to keep retrying a file locked by another process (default: the
+        ``QUANTORCH_LOCK_TIMEOUT`` environment variable, else 15).
     """
 
-    def __init__(self, path: str | Path, *, lock_timeout: float = 15.0) -> None:
+    def __init__(self, path: str | Path, *, lock_timeout: float | None = None) -> None:
         self.path = Path(path)
+        if lock_timeout is None:
+            lock_timeout = float(os.environ.get("QUANTORCH_LOCK_TIMEOUT", "15"))
         self.lock_timeout = lock_timeout
         self._migrated = False
 

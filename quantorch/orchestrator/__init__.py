@@ -1,0 +1,1 @@
+"""The orchestrator: decision environment, reward, profiles, RiskGuard, orchestrators."""

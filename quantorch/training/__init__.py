@@ -1,0 +1,1 @@
+"""PPO training of the routing policy."""
