@@ -195,15 +195,18 @@ class DecisionCore:
         masks[np.ix_(short, self.n_slots + np.flatnonzero(POSITION_BUCKETS < 0))] = False
         return masks
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Advance every episode by one action.
+    def step(
+        self, actions: np.ndarray, active: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Advance every episode (or only the ``active`` ones) by one action.
 
         Returns observations, rewards, done flags and an info dict with, for episodes that
         ended: ``position``, ``terms`` (reward terms) and the ``called`` slots, and (with
         auto-reset) ``terminal_observation``.
         """
         actions = np.asarray(actions, dtype=np.int64).copy()
-        valid = self.action_masks()[np.arange(self.n), actions]
+        active = np.ones(self.n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        valid = self.action_masks()[np.arange(self.n), actions] | ~active
         if not valid.all():
             if self.strict:
                 bad = int(np.flatnonzero(~valid)[0])
@@ -214,7 +217,7 @@ class DecisionCore:
             hold = np.abs(POSITION_BUCKETS[None, :] - self.previous_position[:, None]).argmin(1)
             actions[~valid] = self.n_slots + hold[~valid]
         rewards = np.zeros(self.n)
-        is_tool = actions < self.n_slots
+        is_tool = (actions < self.n_slots) & active
         tool_rows = np.flatnonzero(is_tool)
         if len(tool_rows):
             slots = actions[tool_rows]
@@ -228,8 +231,8 @@ class DecisionCore:
                 / self.profile_notional[pidx]
                 * REWARD_SCALE
             )
-        self.steps += 1
-        done = ~is_tool
+        self.steps += active
+        done = ~is_tool & active
         info: dict = {"done_rows": np.flatnonzero(done)}
         rows = info["done_rows"]
         if len(rows):
@@ -333,6 +336,7 @@ class BatchedDecisionEnv(VecEnv):
         seed: int = 0,
     ) -> None:
         self.core = DecisionCore(dataset, profiles, config or EnvConfig(), n=n_envs, seed=seed)
+        self.render_mode = None
         super().__init__(
             n_envs,
             _observation_space(self.core.obs_dim),

@@ -1,0 +1,240 @@
+"""Orchestrators behind one protocol: route between tool slots, then pick a position.
+
+Every orchestrator decides through the same :class:`~quantorch.orchestrator.env.DecisionCore`
+as training uses; they differ only in which slots they may or must call (an
+:class:`~quantorch.orchestrator.env.EnvConfig`) and how they choose the next action.
+
+- ``policy``: the PPO-trained router and decision head.
+- ``all-tools``: calls every tool with its dearest provider, then decides with a head trained
+  by PPO under that forced routing (so comparing it with ``policy`` isolates routing).
+- ``free-tools``: calls nothing; decides from the free context with the policy's head.
+- ``technical-only``: calls the dearest ``technical`` provider, then the policy's head decides.
+- ``random``: routes at random at the same expected tool cost as ``policy``, then the policy's
+  head decides.
+- ``buy-and-hold``: goes fully long once and holds; calls nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from quantorch.errors import UserInputError, closest
+from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot
+from quantorch.orchestrator.env import POSITION_BUCKETS, DecisionCore, EnvConfig
+from quantorch.orchestrator.policy import PolicyCheckpoint
+from quantorch.orchestrator.profiles import TraderProfile
+
+__all__ = [
+    "ORCHESTRATORS",
+    "DecisionBatch",
+    "Orchestrator",
+    "decide",
+    "make_orchestrator",
+    "dearest_slots",
+]
+
+ORCHESTRATORS = ("policy", "all-tools", "free-tools", "technical-only", "random", "buy-and-hold")
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """The outcome of deciding a batch of points."""
+
+    position: np.ndarray  # (n,) in [-1, 1]
+    called: np.ndarray  # (n, K) slots called
+    spent: np.ndarray  # (n,) USD
+    terms: dict[str, np.ndarray]  # reward terms (bps of full-position notional)
+
+
+class Orchestrator(Protocol):
+    name: str
+
+    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig: ...
+
+    def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray: ...
+
+
+def dearest_slots(slots: Sequence[ToolSlot], tools: Sequence[str] | None = None) -> tuple[int, ...]:
+    """Index of the dearest provider of each tool (all tools, or those named), in slot order."""
+    best: dict[str, int] = {}
+    for i, slot in enumerate(slots):
+        if tools is not None and slot.tool not in tools:
+            continue
+        if slot.tool not in best or slot.price_usd > slots[best[slot.tool]].price_usd:
+            best[slot.tool] = i
+    return tuple(sorted(best.values()))
+
+
+def decide(
+    orchestrator: Orchestrator,
+    dataset: DecisionDataset,
+    profiles: Sequence[TraderProfile],
+    base: EnvConfig,
+    rows: np.ndarray,
+    profile_index: np.ndarray,
+    previous_position: np.ndarray,
+) -> DecisionBatch:
+    """Run ``orchestrator`` on the given decision points until every one has decided."""
+    n = len(rows)
+    config = orchestrator.env_config(base, dataset.slots)
+    core = DecisionCore(dataset, profiles, config, n=n, auto_reset=False)
+    obs = core.load(rows, profile_index, previous_position)
+    position = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+    terms: dict[str, np.ndarray] = {}
+    for _ in range(core.n_slots + 1):
+        masks = core.action_masks()
+        actions = orchestrator.choose(obs, masks, core)
+        obs, _, finished, info = core.step(actions, active=~done)
+        rows_done = info["done_rows"]
+        if len(rows_done):
+            position[rows_done] = info["position"]
+            for key, value in info["terms"].items():
+                terms.setdefault(key, np.zeros(n))[rows_done] = value
+        done |= finished
+        if done.all():
+            break
+    return DecisionBatch(position, core.called.copy(), core.spent.copy(), terms)
+
+
+def _decide_actions(core: DecisionCore, masks: np.ndarray) -> np.ndarray:
+    """Masks with every tool slot off: the decision head must decide now."""
+    only_decide = masks.copy()
+    only_decide[:, : core.n_slots] = False
+    return only_decide
+
+
+@dataclass
+class PolicyOrchestrator:
+    """The trained router (``policy``) or one of its restricted variants."""
+
+    checkpoint: PolicyCheckpoint
+    name: str = "policy"
+    deterministic: bool = True
+    rng: np.random.Generator | None = None
+    allowed: tuple[int, ...] | None = None
+    forced: tuple[int, ...] | None = None
+
+    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
+        return replace(base, allowed_slots=self.allowed, forced_routing=self.forced)
+
+    def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
+        if self.deterministic:
+            return self.checkpoint.predict(obs, masks, deterministic=True)
+        probs = self.checkpoint.action_probabilities(obs, masks)
+        rng = self.rng or np.random.default_rng(0)
+        cumulative = probs.cumsum(axis=1)
+        draws = rng.random(len(probs))[:, None]
+        return np.minimum((cumulative < draws).sum(axis=1), probs.shape[1] - 1)
+
+
+@dataclass
+class RandomRouter:
+    """Random routing at a target expected cost, then the policy's decision head.
+
+    Each step, with probability ``call_probability`` a uniformly random allowed slot is called,
+    else the policy head decides with the tools it has. :func:`calibrate_random_router` sets the
+    probability so the expected spend per decision matches a target (e.g. the policy's).
+    """
+
+    checkpoint: PolicyCheckpoint
+    call_probability: float
+    rng: np.random.Generator
+    name: str = "random"
+
+    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
+        return replace(base, allowed_slots=None, forced_routing=None)
+
+    def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
+        head = self.checkpoint.predict(obs, _decide_actions(core, masks), deterministic=True)
+        tool_masks = masks[:, : core.n_slots]
+        can_call = tool_masks.any(axis=1)
+        call = can_call & (self.rng.random(len(obs)) < self.call_probability)
+        actions = head.copy()
+        for i in np.flatnonzero(call):
+            actions[i] = self.rng.choice(np.flatnonzero(tool_masks[i]))
+        return actions
+
+
+def calibrate_random_router(
+    router: RandomRouter,
+    target_cost_usd: float,
+    dataset: DecisionDataset,
+    profiles: Sequence[TraderProfile],
+    base: EnvConfig,
+    rows: np.ndarray,
+    profile_index: np.ndarray,
+    previous_position: np.ndarray,
+    iterations: int = 14,
+) -> RandomRouter:
+    """Bisect the call probability so mean spend per decision matches ``target_cost_usd``."""
+    lo, hi = 0.0, 1.0
+    seed = int(router.rng.integers(2**31))
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        trial = RandomRouter(router.checkpoint, mid, np.random.default_rng(seed))
+        spent = decide(trial, dataset, profiles, base, rows, profile_index, previous_position).spent
+        if spent.mean() < target_cost_usd:
+            lo = mid
+        else:
+            hi = mid
+    router.call_probability = (lo + hi) / 2
+    return router
+
+
+@dataclass
+class BuyAndHold:
+    """Fully long once, then hold: never calls a tool."""
+
+    name: str = "buy-and-hold"
+
+    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
+        return replace(base, allowed_slots=(), forced_routing=None)
+
+    def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
+        previous = core.previous_position
+        target = np.where(previous == 0, 1.0, previous)
+        bucket = np.abs(POSITION_BUCKETS[None, :] - target[:, None]).argmin(axis=1)
+        return core.n_slots + bucket
+
+
+def make_orchestrator(
+    name: str,
+    policy: PolicyCheckpoint | None,
+    all_tools: PolicyCheckpoint | None = None,
+    seed: int = 0,
+) -> Orchestrator:
+    """The orchestrator called ``name`` (see :data:`ORCHESTRATORS`)."""
+    if name not in ORCHESTRATORS:
+        hint = closest(name, ORCHESTRATORS)
+        suggestion = f" (did you mean {hint}?)" if hint else ""
+        raise UserInputError(
+            f"unknown orchestrator '{name}'{suggestion}; available: {', '.join(ORCHESTRATORS)}"
+        )
+    if name == "buy-and-hold":
+        return BuyAndHold()
+    if policy is None:
+        raise UserInputError(f"orchestrator '{name}' needs a policy checkpoint (--checkpoint)")
+    slots = policy.slots
+    rng = np.random.default_rng(seed)
+    if name == "policy":
+        return PolicyOrchestrator(policy)
+    if name == "all-tools":
+        if all_tools is None:
+            raise UserInputError(
+                "orchestrator 'all-tools' needs its decision-head checkpoint "
+                "(train it with `quantorch train --all-tools`)"
+            )
+        return PolicyOrchestrator(all_tools, name="all-tools", forced=dearest_slots(all_tools.slots))
+    if name == "free-tools":
+        return PolicyOrchestrator(policy, name="free-tools", allowed=())
+    if name == "technical-only":
+        forced = dearest_slots(slots, ["technical"])
+        if not forced:
+            raise UserInputError("the checkpoint has no technical tool slot")
+        return PolicyOrchestrator(policy, name="technical-only", forced=forced)
+    return RandomRouter(policy, call_probability=0.5, rng=rng)
