@@ -1,0 +1,284 @@
+"""One backtest from a config: data -> strategy -> engine -> metrics -> report -> store.
+
+This is the kernel the CLI calls; it owns no I/O of its own beyond the store and the report,
+and it writes nothing until the whole run has been computed. The report is written first
+(atomically) and the run, its daily equity and its fills are stored in one transaction; if that
+transaction fails the report is removed again, so a failed run leaves no trace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from quantorch.backtest.engine import Costs, SimulationResult, simulate
+from quantorch.backtest.metrics import performance_metrics
+from quantorch.backtest.report import write_report
+from quantorch.config import QuantorchConfig
+from quantorch.data import calendar
+from quantorch.data.panel import PricePanel
+from quantorch.data.providers import get_provider
+from quantorch.data.service import (
+    check_known_tickers,
+    ensure_prices,
+    load_panel,
+    resolve_window,
+    stored_coverage,
+)
+from quantorch.errors import DateRangeError
+from quantorch.store import Store, code_version
+from quantorch.strategies import get_strategy
+
+__all__ = ["BacktestOutcome", "run_backtest", "benchmark_symbol"]
+
+#: The benchmark named in a config, as each source spells it.
+_BENCHMARK_ALIASES = {("yfinance", "SP500"): "^GSPC"}
+
+
+@dataclass(frozen=True)
+class BacktestOutcome:
+    """What a stored backtest run produced."""
+
+    run_id: str
+    report_path: Path
+    start: dt.date
+    end: dt.date
+    strategy: str
+    metrics: dict[str, float | None]
+    benchmark: str | None
+    benchmark_metrics: dict[str, float | None] | None
+    fills: int
+    config_hash: str
+
+    def to_json(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "report_path": str(self.report_path),
+            "period": {"start": self.start.isoformat(), "end": self.end.isoformat()},
+            "strategy": self.strategy,
+            "config_hash": self.config_hash,
+            "metrics": self.metrics,
+            "benchmark_ticker": self.benchmark,
+            "benchmark": self.benchmark_metrics,
+            "fills": self.fills,
+        }
+
+
+def benchmark_symbol(config: QuantorchConfig) -> str | None:
+    """The benchmark ticker for the configured source (None when disabled)."""
+    name = config.benchmark
+    if name in {"", "NONE"}:
+        return None
+    return _BENCHMARK_ALIASES.get((config.data.source, name), name)
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in metrics.items()}
+
+
+def run_backtest(
+    config: QuantorchConfig,
+    store: Store,
+    *,
+    status: Callable[[str], None] | None = None,
+) -> BacktestOutcome:
+    """Run, store and report one backtest of ``config`` (its ``backtest.start``/``end``)."""
+    say = status or (lambda _msg: None)
+    source = config.data.source
+    if config.backtest.start is None:
+        raise DateRangeError("no start date: pass --start (e.g. --start 2020)")
+    strategy = get_strategy(config.backtest.strategy, config.strategies.get(config.backtest.strategy))
+    benchmark = benchmark_symbol(config)
+    tickers = list(config.universe)
+    wanted = tickers + ([benchmark] if benchmark and benchmark not in tickers else [])
+
+    provider = get_provider(source)
+    available = provider.available() if provider is not None else stored_coverage(store, source)
+    if available is not None:
+        check_known_tickers(wanted, list(available), source)
+    start, end = resolve_window(available, tickers, config.backtest.start, config.backtest.end, source)
+    data_start = calendar.shift_sessions(start, -strategy.warmup_sessions).date()
+
+    say("loading prices")
+    ensure_prices(store, source, wanted, data_start, end, provider=provider, on_request=say)
+    panel = load_panel(store, source, tickers, data_start, end)
+    decision_dates = _decision_dates(panel, start, config.backtest.rebalance)
+    if len(decision_dates) == 0:
+        raise DateRangeError(f"no trading session between {start} and {end}; widen the dates")
+
+    say(f"computing {strategy.name} target weights")
+    weights = strategy.target_weights(panel, decision_dates)
+    trading = _from(panel, start)
+    say(f"simulating {len(trading.dates)} sessions x {len(tickers)} tickers")
+    costs = Costs(fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps)
+    result = simulate(trading, weights, costs, config.backtest.initial_cash)
+    equity = result.equity
+    metrics = _clean(performance_metrics(equity, result.fills, result.gross_exposure))
+
+    bench_equity = None
+    bench_metrics = None
+    if benchmark:
+        bench_close = load_panel(store, source, [benchmark], start, end).close[benchmark]
+        bench_close = bench_close.reindex(equity.index).ffill().dropna()
+        if not bench_close.empty:
+            bench_equity = bench_close / bench_close.iloc[0] * config.backtest.initial_cash
+            bench_metrics = _clean(performance_metrics(bench_equity))
+
+    run_id = _new_run_id()
+    config_hash = config.config_hash()
+    first, last = equity.index[0].date(), equity.index[-1].date()
+    meta = {
+        "run id": run_id,
+        "period": f"{first} to {last}",
+        "strategy": strategy.name,
+        "universe": ", ".join(tickers),
+        "benchmark": benchmark or "none",
+        "source": source,
+        "rebalance": config.backtest.rebalance,
+        "costs": f"fee {config.costs.fee_bps:g} bps, slippage {config.costs.slippage_bps:g} bps",
+        "initial cash": f"{config.backtest.initial_cash:,.0f}",
+        "seed": str(config.seed),
+        "config hash": config_hash,
+        "code version": code_version(),
+    }
+    say("writing report")
+    report_path = Path(config.reports_dir) / f"{run_id}.html"
+    write_report(
+        report_path,
+        title=f"quantorch backtest {run_id}: {strategy.name}",
+        equity=equity,
+        benchmark_equity=bench_equity,
+        metrics=metrics,
+        benchmark_metrics=bench_metrics,
+        fills=result.fills,
+        meta=meta,
+    )
+    try:
+        _store_run(
+            store,
+            run_id=run_id,
+            config=config,
+            strategy=strategy.name,
+            benchmark=benchmark,
+            first=first,
+            last=last,
+            metrics=metrics,
+            bench_metrics=bench_metrics,
+            report_path=report_path,
+            result=result,
+            bench_equity=bench_equity,
+        )
+    except BaseException:
+        report_path.unlink(missing_ok=True)
+        raise
+    return BacktestOutcome(
+        run_id=run_id,
+        report_path=report_path.resolve(),
+        start=first,
+        end=last,
+        strategy=strategy.name,
+        metrics=metrics,
+        benchmark=benchmark,
+        benchmark_metrics=bench_metrics,
+        fills=len(result.fills),
+        config_hash=config_hash,
+    )
+
+
+def _decision_dates(panel: PricePanel, start: dt.date, rebalance: str) -> pd.DatetimeIndex:
+    """The first session on or after ``start`` (initial allocation), then each period end."""
+    dates = panel.close.index[panel.close.index >= pd.Timestamp(start)]
+    if len(dates) == 0:
+        return dates
+    ends = calendar.period_ends(dates, rebalance)
+    return pd.DatetimeIndex([dates[0]]).union(ends)
+
+
+def _from(panel: PricePanel, start: dt.date) -> PricePanel:
+    cut = slice(pd.Timestamp(start), None)
+    return PricePanel(
+        close=panel.close.loc[cut],
+        open=panel.open.loc[cut],
+        high=panel.high.loc[cut],
+        low=panel.low.loc[cut],
+        volume=panel.volume.loc[cut],
+    )
+
+
+def _new_run_id() -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"bt-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _store_run(
+    store: Store,
+    *,
+    run_id: str,
+    config: QuantorchConfig,
+    strategy: str,
+    benchmark: str | None,
+    first: dt.date,
+    last: dt.date,
+    metrics: dict,
+    bench_metrics: dict | None,
+    report_path: Path,
+    result: SimulationResult,
+    bench_equity: pd.Series | None,
+) -> None:
+    equity = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "date": result.equity.index.date,
+            "equity": result.equity.to_numpy(),
+            "cash": result.cash.reindex(result.equity.index).to_numpy(),
+            "gross_exposure": result.gross_exposure.reindex(result.equity.index).to_numpy(),
+            "benchmark_equity": (
+                bench_equity.reindex(result.equity.index).to_numpy()
+                if bench_equity is not None
+                else float("nan")
+            ),
+        }
+    )
+    fills = result.fills.reset_index(drop=True).copy()
+    fills.insert(0, "fill_id", range(len(fills)))
+    fills.insert(0, "run_id", run_id)
+    with store.transaction() as con:
+        con.execute(
+            "INSERT INTO runs VALUES (?, 'backtest', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                strategy,
+                config.data.source,
+                list(config.universe),
+                benchmark,
+                first,
+                last,
+                config.backtest.rebalance,
+                config.seed,
+                config.config_hash(),
+                config.model_dump_json(),
+                code_version(),
+                json.dumps(metrics),
+                json.dumps(bench_metrics) if bench_metrics is not None else None,
+                str(report_path.resolve()),
+            ],
+        )
+        con.register("_equity", equity)
+        con.execute("INSERT INTO equity SELECT * FROM _equity")
+        con.unregister("_equity")
+        if len(fills):
+            con.register("_fills", fills)
+            con.execute(
+                "INSERT INTO fills SELECT run_id, fill_id, CAST(decision_date AS DATE), "
+                "CAST(fill_date AS DATE), ticker, side, quantity, fill_price, notional, fees, "
+                "slippage_cost FROM _fills"
+            )
+            con.unregister("_fills")
