@@ -15,8 +15,8 @@ from rich.console import Console
 
 from quantorch.errors import DateRangeError, QuantorchError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # ---- options shared by every command (defined once) -------------------------------------------
 ConfigOpt = Annotated[

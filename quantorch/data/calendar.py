@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import warnings
 
 import exchange_calendars as xcals
 import pandas as pd
@@ -15,7 +16,11 @@ _FIRST = "1985-01-02"
 
 @functools.cache
 def _calendar() -> xcals.ExchangeCalendar:
-    return xcals.get_calendar("XNYS", start=_FIRST)
+    with warnings.catch_warnings():
+        # exchange-calendars 4.x trips a pandas 3 deprecation inside its constructor
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return xcals.get_calendar("XNYS", start=_FIRST)
 
 
 def _naive(index: pd.DatetimeIndex) -> pd.DatetimeIndex:

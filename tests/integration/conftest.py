@@ -27,3 +27,9 @@ def loaded_db(loaded_db_template, tmp_path) -> Path:
     path = tmp_path / "quantorch.duckdb"
     shutil.copy(loaded_db_template, path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Commands write reports under ./backtests: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)

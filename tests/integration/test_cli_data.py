@@ -1,0 +1,60 @@
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from quantorch.cli.main import app
+from quantorch.data.providers.sample import SampleProvider
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_fetch_then_fetch_again_makes_no_request(tmp_path):
+    db = str(tmp_path / "q.duckdb")
+    first = invoke("data", "fetch", "--tickers", "AAPL,KO", "--start", "2020", "--db", db)
+    assert first.exit_code == 0, first.stderr
+    assert "stored" in first.stdout and "1 request" in first.stdout
+    again = invoke("data", "fetch", "--tickers", "AAPL,KO", "--start", "2021", "--end", "2021-06", "--db", db)
+    assert again.exit_code == 0 and "no request made" in again.stdout
+    listing = invoke("data", "list", "--json", "--db", db)
+    rows = json.loads(listing.stdout)
+    assert {r["ticker"] for r in rows} == {"AAPL", "KO"}
+    assert rows[0]["first_date"].startswith("1990-01-02") and rows[0]["rows"] == 8313
+
+
+def test_list_available_and_empty(tmp_path):
+    available = invoke("data", "list", "--available")
+    assert available.exit_code == 0 and "SP500" in available.stdout
+    empty = invoke("data", "list", "--db", str(tmp_path / "e.duckdb"))
+    assert "no prices stored yet" in empty.stdout
+
+
+def test_import_good_and_bad_files(tmp_path):
+    db = str(tmp_path / "q.duckdb")
+    bars = SampleProvider().fetch(["^IXIC"], pd.Timestamp("2012-01-01").date(), pd.Timestamp("2012-12-31").date())
+    good = tmp_path / "ixic.parquet"
+    bars.assign(ticker="NDX_FILE").to_parquet(good)
+    result = invoke("data", "import", str(good), "--db", db)
+    assert result.exit_code == 0 and "imported 250 rows for 1 ticker" in result.stdout
+
+    bad = tmp_path / "bad.csv"
+    bars.assign(ticker="OTHER").assign(close=-1.0).to_csv(bad, index=False)
+    failed = invoke("data", "import", str(bad), "--db", db)
+    assert failed.exit_code == 2 and "non-positive close" in failed.stderr
+    listing = json.loads(invoke("data", "list", "--json", "--db", db).stdout)
+    assert [r["ticker"] for r in listing] == ["NDX_FILE"]  # the bad file wrote nothing
+
+    backtest = invoke("backtest", "--source", "file", "--universe", "NDX_FILE", "--benchmark", "none",
+                      "--start", "2012", "--json", "--db", db)
+    assert backtest.exit_code == 0, backtest.stderr
+    payload = json.loads(backtest.stdout)
+    assert payload["benchmark"] is None and payload["metrics"]["fees_paid"] > 0
+
+
+def test_fetch_from_file_source_is_refused(tmp_path):
+    result = invoke("data", "fetch", "--source", "file", "--db", str(tmp_path / "q.duckdb"))
+    assert result.exit_code == 2 and "quantorch data import" in result.stderr
