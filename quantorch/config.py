@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from quantorch.errors import ConfigError
 
@@ -25,6 +32,9 @@ __all__ = [
     "DataConfig",
     "BacktestConfig",
     "DatabaseConfig",
+    "OrchestratorConfig",
+    "TrainingConfig",
+    "ToolsConfig",
     "QuantorchConfig",
     "default_config_path",
     "load_config",
@@ -65,6 +75,58 @@ class BacktestConfig(_Strict):
     end: dt.date | None = None
 
 
+class OrchestratorConfig(_Strict):
+    """Which orchestrator a backtest runs, under which trader profile, with which tools."""
+
+    name: str = "policy"
+    profile: str = "neutral"
+    checkpoint: Path | None = Field(None, description="policy checkpoint (default: shipped)")
+    all_tools_checkpoint: Path | None = Field(
+        None, description="decision head for the all-tools baseline (default: shipped)"
+    )
+    tools: list[str] = Field(
+        default_factory=lambda: [
+            "technical:basic",
+            "technical:full",
+            "risk:fast",
+            "risk:full",
+            "fundamental:factor",
+            "sentiment:lexicon",
+        ],
+        description="tool:provider slots the policy routes between",
+    )
+    horizon: int = Field(5, ge=1, le=63, description="reward horizon in sessions")
+
+
+class TrainingConfig(_Strict):
+    """Walk-forward periods and length of PPO training (``quantorch train``)."""
+
+    train_start: dt.date = dt.date(2015, 1, 1)
+    train_end: dt.date = dt.date(2018, 12, 31)
+    val_start: dt.date = dt.date(2019, 1, 1)
+    val_end: dt.date = dt.date(2019, 12, 31)
+    profiles: list[str] = Field(default_factory=lambda: ["all"])
+    steps: int = Field(300_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _periods_do_not_overlap(self) -> TrainingConfig:
+        if not self.train_start < self.train_end < self.val_start <= self.val_end:
+            raise ValueError(
+                "periods must be ordered train_start < train_end < val_start <= val_end "
+                "(train and validation may not overlap)"
+            )
+        return self
+
+
+class ToolsConfig(_Strict):
+    """Tool discovery and execution."""
+
+    extra_dirs: list[Path] = Field(
+        default_factory=list, description="folders with extra tool modules"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="max seconds per tool call")
+
+
 class DatabaseConfig(_Strict):
     """The DuckDB file that stores prices, runs and everything they produce."""
 
@@ -82,6 +144,9 @@ class QuantorchConfig(_Strict):
     strategies: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-strategy parameters, keyed by strategy name"
     )
+    orchestrator: OrchestratorConfig = OrchestratorConfig()
+    training: TrainingConfig = TrainingConfig()
+    tools: ToolsConfig = ToolsConfig()
     database: DatabaseConfig = DatabaseConfig()
     reports_dir: Path = Path("backtests")
     seed: int = Field(42, ge=0)
@@ -117,7 +182,7 @@ class QuantorchConfig(_Strict):
 
     def config_hash(self) -> str:
         """A stable hash of everything that changes a run's result (not paths)."""
-        payload = self.model_dump(mode="json", exclude={"database", "reports_dir"})
+        payload = self.model_dump(mode="json", exclude={"database", "reports_dir", "training"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

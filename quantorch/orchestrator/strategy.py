@@ -1,0 +1,191 @@
+"""An orchestrator as a backtest strategy: the same decision path as training and paper trading.
+
+At each decision date, for every ticker with a price, the orchestrator routes between the tool
+slots of its checkpoint and picks a position; the RiskGuard turns positions into target weights
+within the profile's limits. Tool outputs come from whole-panel computations (each value at t
+equals a single call on data truncated at t, which the tool panel tests prove); each call the
+orchestrator makes is priced and recorded as a ``tool_calls`` row, and each decision as a
+``decisions`` row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quantorch.data.panel import PricePanel
+from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, build_dataset
+from quantorch.orchestrator.env import EnvConfig
+from quantorch.orchestrator.guard import apply_risk_guard
+from quantorch.orchestrator.orchestrators import Orchestrator, decide
+from quantorch.orchestrator.profiles import TraderProfile
+from quantorch.toolkit.spec import MarketData
+
+__all__ = ["OrchestratorStrategy", "DecisionLog", "slot_panels", "DECISION_TIME"]
+
+#: Decisions are taken at the close: 16:00 New York on the decision date.
+DECISION_TIME = dt.time(16, 0)
+
+
+def _decision_timestamp_utc(day: pd.Timestamp) -> dt.datetime:
+    local = pd.Timestamp.combine(day.date(), DECISION_TIME).tz_localize("America/New_York")
+    return local.tz_convert("UTC").tz_localize(None).to_pydatetime()
+
+
+def slot_panels(
+    market: MarketData,
+    slots: Sequence[ToolSlot],
+    tickers: list[str],
+    dates: pd.DatetimeIndex,
+) -> tuple[list[tuple[ToolSlot, dict[str, pd.DataFrame]]], dict[str, float]]:
+    """Whole panels of every slot's features, and the amortised latency (ms) per value."""
+    from quantorch.toolkit.registry import get_tool
+
+    out, latency = [], {}
+    for slot in slots:
+        tool = get_tool(slot.tool)
+        provider = tool.spec.provider(slot.provider)
+        started = time.perf_counter()
+        frames = tool.panel(market, provider, tickers, dates)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        latency[slot.key] = elapsed_ms / max(1, len(tickers) * len(dates))
+        out.append((slot, {name: frames[name] for name in slot.features}))
+    return out, latency
+
+
+@dataclass
+class DecisionLog:
+    """Decisions and tool calls a strategy pass produced, ready for the store."""
+
+    decisions: list[dict] = field(default_factory=list)
+    tool_calls: list[dict] = field(default_factory=list)
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return pd.DataFrame(self.decisions), pd.DataFrame(self.tool_calls)
+
+
+@dataclass
+class OrchestratorStrategy:
+    """Runs an orchestrator under a profile at every decision date (Strategy protocol)."""
+
+    orchestrator: Orchestrator
+    profile: TraderProfile
+    slots: list[ToolSlot]
+    normalisation: dict[str, tuple[list[float], list[float]]]
+    horizon: int
+    market: Callable[[PricePanel], MarketData]
+    env_config: EnvConfig
+    warmup_sessions: int = 300
+    log: DecisionLog = field(default_factory=DecisionLog)
+
+    @property
+    def name(self) -> str:
+        return f"{self.orchestrator.name}[{self.profile.name}]"
+
+    def target_weights(self, panel: PricePanel, decision_dates: pd.DatetimeIndex) -> pd.DataFrame:
+        tickers = panel.tickers
+        market = self.market(panel)
+        panels, latency = slot_panels(market, self.slots, tickers, decision_dates)
+        dataset = build_dataset(
+            panel, panels, decision_dates, tickers, self.horizon, normalisation=self.normalisation
+        )
+        raw = {slot.key: frames for slot, frames in panels}
+        return self._walk(panel, decision_dates, dataset, raw, latency)
+
+    def _walk(
+        self,
+        panel: PricePanel,
+        decision_dates: pd.DatetimeIndex,
+        dataset: DecisionDataset,
+        raw: dict[str, dict[str, pd.DataFrame]],
+        latency: dict[str, float],
+    ) -> pd.DataFrame:
+        tickers = panel.tickers
+        col = {t: i for i, t in enumerate(tickers)}
+        limits = self.profile.limits
+        weights_out = pd.DataFrame(np.nan, index=decision_dates, columns=tickers)
+        book = np.zeros(len(tickers))
+        equity, peak = 1.0, 1.0
+        returns = panel.close.pct_change(fill_method=None).fillna(0.0)
+        sessions = panel.close.index
+        next_session = dict(zip(sessions[:-1], sessions[1:], strict=True))
+        previous_date = None
+        row_dates = pd.DatetimeIndex(dataset.dates)
+        for date in decision_dates:
+            if previous_date is not None:  # mark the book to market since the last decision
+                window = returns.loc[(returns.index > previous_date) & (returns.index <= date)]
+                for day_returns in window.to_numpy():
+                    growth = book * day_returns
+                    equity *= 1 + growth.sum()
+                    book = book * (1 + day_returns) / (1 + growth.sum())
+                peak = max(peak, equity)
+            previous_date = date
+            rows = np.flatnonzero(row_dates == date)
+            if len(rows) == 0:
+                continue
+            idx = np.array([col[t] for t in dataset.tickers[rows]])
+            previous = np.clip(book[idx] / limits.max_position, -1, 1)
+            batch = decide(
+                self.orchestrator, dataset, [self.profile], self.env_config, rows,
+                np.zeros(len(rows), dtype=np.int64), previous,
+            )
+            proposed = book.copy()
+            proposed[idx] = batch.position * limits.max_position
+            guard = apply_risk_guard(proposed, book, limits, drawdown=equity / peak - 1)
+            book = guard.weights
+            weights_out.loc[date] = book
+            self._record(date, next_session.get(date), rows, idx, batch, guard, dataset, raw, latency)
+        return weights_out
+
+    def _record(self, date, fill_date, rows, idx, batch, guard, dataset, raw, latency) -> None:
+        asof = _decision_timestamp_utc(date)
+        for j, row in enumerate(rows):
+            ticker = str(dataset.tickers[row])
+            called = [s for k, s in enumerate(dataset.slots) if batch.called[j, k]]
+            decision_id = len(self.log.decisions)
+            reward = batch.terms.get("total", np.full(len(rows), np.nan))[j]
+            known = math.isfinite(dataset.forward_return[row])
+            self.log.decisions.append({
+                "decision_id": decision_id,
+                "orchestrator": self.orchestrator.name,
+                "profile": self.profile.name,
+                "ticker": ticker,
+                "decision_date": date.date(),
+                "fill_date": fill_date.date() if fill_date is not None else None,
+                "horizon": self.horizon,
+                "tools_called": [s.key for s in called],
+                "n_calls": len(called),
+                "tool_cost_usd": float(batch.spent[j]),
+                "proposed_position": float(batch.position[j]),
+                "target_weight": float(guard.weights[idx[j]]),
+                "guard_note": guard.notes[idx[j]] or None,
+                "rationale": None,
+                "reward": float(reward) if known else None,
+            })
+            for slot in called:
+                outputs = {}
+                for feature in slot.features:
+                    value = raw[slot.key][feature].at[date, ticker]
+                    outputs[feature] = float(value) if np.isfinite(value) else None
+                self.log.tool_calls.append({
+                    "tool": slot.tool,
+                    "provider": slot.provider,
+                    "ticker": ticker,
+                    "as_of": asof,
+                    "arguments": json.dumps({}),
+                    "outputs": json.dumps(outputs),
+                    "summary": None,
+                    "coverage": any(v is not None for v in outputs.values()),
+                    "cost_usd": slot.price_usd,
+                    "latency_ms": latency.get(slot.key, 0.0),
+                    "cache_hit": False,
+                    "error": None,
+                    "decision_id": decision_id,
+                })
