@@ -1,0 +1,1 @@
+"""Built-in analysis tools, one module each (installed as ``quantorch.tools``)."""
