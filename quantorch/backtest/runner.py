@@ -34,9 +34,12 @@ from quantorch.data.service import (
 )
 from quantorch.errors import DateRangeError
 from quantorch.store import Store, code_version
-from quantorch.strategies import get_strategy
+from quantorch.strategies import Strategy, get_strategy
 
-__all__ = ["BacktestOutcome", "run_backtest", "benchmark_symbol"]
+__all__ = ["BacktestOutcome", "run_backtest", "benchmark_symbol", "build_strategy", "tool_usage"]
+
+#: ``backtest.strategy`` value that runs the configured orchestrator.
+ORCHESTRATOR = "orchestrator"
 
 #: The benchmark named in a config, as each source spells it.
 _BENCHMARK_ALIASES = {("yfinance", "SP500"): "^GSPC"}
@@ -56,9 +59,11 @@ class BacktestOutcome:
     benchmark_metrics: dict[str, float | None] | None
     fills: int
     config_hash: str
+    tools: dict | None = None
 
     def to_json(self) -> dict:
         return {
+            "tools": self.tools,
             "run_id": self.run_id,
             "report_path": str(self.report_path),
             "period": {"start": self.start.isoformat(), "end": self.end.isoformat()},
@@ -94,7 +99,7 @@ def run_backtest(
     source = config.data.source
     if config.backtest.start is None:
         raise DateRangeError("no start date: pass --start (e.g. --start 2020)")
-    strategy = get_strategy(config.backtest.strategy, config.strategies.get(config.backtest.strategy))
+    strategy = build_strategy(config, store)
     benchmark = benchmark_symbol(config)
     tickers = list(config.universe)
     wanted = tickers + ([benchmark] if benchmark and benchmark not in tickers else [])
@@ -121,6 +126,11 @@ def run_backtest(
     result = simulate(trading, weights, costs, config.backtest.initial_cash)
     equity = result.equity
     metrics = _clean(performance_metrics(equity, result.fills, result.gross_exposure))
+    log = getattr(strategy, "log", None)
+    decisions, tool_calls = log.frames() if log is not None else (None, None)
+    tools = None
+    if decisions is not None:
+        tools = tool_usage(decisions, tool_calls, result.fills, equity)
 
     bench_equity = None
     bench_metrics = None
@@ -174,6 +184,8 @@ def run_backtest(
             report_path=report_path,
             result=result,
             bench_equity=bench_equity,
+            decisions=decisions,
+            tool_calls=tool_calls,
         )
     except BaseException:
         report_path.unlink(missing_ok=True)
@@ -189,7 +201,56 @@ def run_backtest(
         benchmark_metrics=bench_metrics,
         fills=len(result.fills),
         config_hash=config_hash,
+        tools=tools,
     )
+
+
+def build_strategy(config: QuantorchConfig, store: Store) -> Strategy:
+    """The configured strategy: an orchestrator (default) or a classic rule strategy."""
+    name = config.backtest.strategy
+    if name == ORCHESTRATOR:
+        from quantorch.orchestrator.factory import build_orchestrator_strategy
+
+        return build_orchestrator_strategy(config, store)
+    return get_strategy(name, config.strategies.get(name))
+
+
+def tool_usage(
+    decisions: pd.DataFrame, tool_calls: pd.DataFrame, fills: pd.DataFrame, equity: pd.Series
+) -> dict:
+    """Tool-call mix, cost per decision and in bps of traded notional, P&L by tools used.
+
+    P&L attribution: each decision's target weight x its forward return over the horizon
+    (from the fill) x equity at the decision, summed by the set of tools the decision called
+    ("none" when it called nothing). Decisions whose horizon runs past the data are left out.
+    """
+    n_decisions = len(decisions)
+    n_calls = len(tool_calls)
+    total_cost = float(tool_calls["cost_usd"].sum()) if n_calls else 0.0
+    traded = float(fills["notional"].sum()) if len(fills) else 0.0
+    mix = (
+        tool_calls.groupby(tool_calls["tool"] + ":" + tool_calls["provider"]).size() / n_calls
+        if n_calls
+        else pd.Series(dtype=float)
+    )
+    attribution: dict[str, float] = {}
+    if n_decisions:
+        frame = decisions.dropna(subset=["forward_return"]) if "forward_return" in decisions else decisions.iloc[0:0]
+        if len(frame):
+            equity_at = equity.reindex(pd.to_datetime(frame["decision_date"])).ffill().to_numpy()
+            pnl = frame["target_weight"].to_numpy() * frame["forward_return"].to_numpy() * equity_at
+            keys = frame["tools_called"].map(lambda t: "+".join(sorted({s.split(":")[0] for s in t})) or "none")
+            attribution = {k: float(v) for k, v in pd.Series(pnl, index=keys.to_numpy()).groupby(level=0).sum().items()}
+    return {
+        "decisions": n_decisions,
+        "tool_calls": n_calls,
+        "calls_per_decision": n_calls / n_decisions if n_decisions else 0.0,
+        "tool_cost_usd": total_cost,
+        "tool_cost_per_decision_usd": total_cost / n_decisions if n_decisions else 0.0,
+        "tool_cost_bps_of_traded_notional": total_cost / traded * 1e4 if traded else None,
+        "tool_mix": {k: float(v) for k, v in mix.sort_values(ascending=False).items()},
+        "pnl_attribution_usd": attribution,
+    }
 
 
 def _decision_dates(panel: PricePanel, start: dt.date, rebalance: str) -> pd.DatetimeIndex:
@@ -231,6 +292,8 @@ def _store_run(
     report_path: Path,
     result: SimulationResult,
     bench_equity: pd.Series | None,
+    decisions: pd.DataFrame | None = None,
+    tool_calls: pd.DataFrame | None = None,
 ) -> None:
     equity = pd.DataFrame(
         {
@@ -282,3 +345,25 @@ def _store_run(
                 "slippage_cost FROM _fills"
             )
             con.unregister("_fills")
+        if decisions is not None and len(decisions):
+            rows = decisions.drop(columns=["forward_return"], errors="ignore").copy()
+            rows.insert(0, "run_id", run_id)
+            con.register("_decisions", rows)
+            con.execute(
+                "INSERT INTO decisions SELECT run_id, decision_id, orchestrator, profile, ticker, "
+                "decision_date, fill_date, horizon, tools_called, n_calls, tool_cost_usd, "
+                "proposed_position, target_weight, guard_note, rationale, reward FROM _decisions"
+            )
+            con.unregister("_decisions")
+        if tool_calls is not None and len(tool_calls):
+            calls = tool_calls.copy()
+            calls.insert(0, "run_id", run_id)
+            calls.insert(0, "call_id", [f"{run_id}-{i}" for i in range(len(calls))])
+            calls["created_at"] = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            con.register("_calls", calls)
+            con.execute(
+                "INSERT INTO tool_calls SELECT call_id, run_id, tool, provider, ticker, as_of, "
+                "arguments, outputs, summary, coverage, cost_usd, latency_ms, cache_hit, error, "
+                "NULL, NULL, created_at FROM _calls"
+            )
+            con.unregister("_calls")

@@ -145,9 +145,28 @@ class RandomRouter:
     call_probability: float
     rng: np.random.Generator
     name: str = "random"
+    target_cost_usd: float | None = None
 
     def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
         return replace(base, allowed_slots=None, forced_routing=None)
+
+    def prepare(
+        self,
+        dataset: DecisionDataset,
+        profiles: Sequence[TraderProfile],
+        base: EnvConfig,
+        max_rows: int = 5000,
+    ) -> None:
+        """Match the policy's mean tool spend per decision on these decision points."""
+        rows = np.arange(len(dataset))
+        if len(rows) > max_rows:
+            rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
+        profile_index = np.zeros(len(rows), dtype=np.int64)
+        previous = np.zeros(len(rows))
+        args = (dataset, profiles, base, rows, profile_index, previous)
+        target = decide(PolicyOrchestrator(self.checkpoint), *args).spent.mean()
+        self.target_cost_usd = float(target)
+        calibrate_random_router(self, target, *args)
 
     def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
         head = self.checkpoint.predict(obs, _decide_actions(core, masks), deterministic=True)

@@ -25,6 +25,7 @@ from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, build_data
 from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.guard import apply_risk_guard
 from quantorch.orchestrator.orchestrators import Orchestrator, decide
+from quantorch.orchestrator.policy import PolicyCheckpoint
 from quantorch.orchestrator.profiles import TraderProfile
 from quantorch.toolkit.spec import MarketData
 
@@ -78,11 +79,12 @@ class OrchestratorStrategy:
     orchestrator: Orchestrator
     profile: TraderProfile
     slots: list[ToolSlot]
-    normalisation: dict[str, tuple[list[float], list[float]]]
+    normalisation: dict[str, tuple[list[float], list[float]]] | None
     horizon: int
     market: Callable[[PricePanel], MarketData]
     env_config: EnvConfig
     warmup_sessions: int = 300
+    policy: PolicyCheckpoint | None = None
     log: DecisionLog = field(default_factory=DecisionLog)
 
     @property
@@ -97,6 +99,9 @@ class OrchestratorStrategy:
             panel, panels, decision_dates, tickers, self.horizon, normalisation=self.normalisation
         )
         raw = {slot.key: frames for slot, frames in panels}
+        prepare = getattr(self.orchestrator, "prepare", None)
+        if prepare is not None:  # e.g. the random router matches the policy's cost here
+            prepare(dataset, [self.profile], self.env_config)
         return self._walk(panel, decision_dates, dataset, raw, latency)
 
     def _walk(
@@ -168,6 +173,7 @@ class OrchestratorStrategy:
                 "guard_note": guard.notes[idx[j]] or None,
                 "rationale": None,
                 "reward": float(reward) if known else None,
+                "forward_return": float(dataset.forward_return[row]) if known else float("nan"),
             })
             for slot in called:
                 outputs = {}

@@ -1,0 +1,1 @@
+"""Checkpoints shipped with quantorch, produced by `quantorch train` (see docs/reward.md)."""
