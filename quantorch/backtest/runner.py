@@ -36,7 +36,15 @@ from quantorch.errors import DateRangeError
 from quantorch.store import Store, code_version
 from quantorch.strategies import Strategy, get_strategy
 
-__all__ = ["BacktestOutcome", "run_backtest", "benchmark_symbol", "build_strategy", "tool_usage"]
+__all__ = [
+    "BacktestOutcome",
+    "Simulated",
+    "benchmark_symbol",
+    "build_strategy",
+    "run_backtest",
+    "simulate_config",
+    "tool_usage",
+]
 
 #: ``backtest.strategy`` value that runs the configured orchestrator.
 ORCHESTRATOR = "orchestrator"
@@ -88,18 +96,35 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in metrics.items()}
 
 
-def run_backtest(
+@dataclass(frozen=True)
+class Simulated:
+    """A computed (not yet stored) backtest."""
+
+    strategy_name: str
+    start: dt.date
+    end: dt.date
+    result: SimulationResult
+    metrics: dict[str, float | None]
+    benchmark: str | None
+    bench_equity: pd.Series | None
+    bench_metrics: dict[str, float | None] | None
+    decisions: pd.DataFrame | None
+    tool_calls: pd.DataFrame | None
+    tools: dict | None
+
+
+def simulate_config(
     config: QuantorchConfig,
     store: Store,
     *,
+    strategy: Strategy | None = None,
     status: Callable[[str], None] | None = None,
-) -> BacktestOutcome:
-    """Run, store and report one backtest of ``config`` (its ``backtest.start``/``end``)."""
+) -> Simulated:
+    """Load data, run the strategy and the engine, compute metrics; store nothing."""
     say = status or (lambda _msg: None)
     source = config.data.source
     if config.backtest.start is None:
         raise DateRangeError("no start date: pass --start (e.g. --start 2020)")
-    strategy = build_strategy(config, store)
     benchmark = benchmark_symbol(config)
     tickers = list(config.universe)
     wanted = tickers + ([benchmark] if benchmark and benchmark not in tickers else [])
@@ -109,6 +134,7 @@ def run_backtest(
     if available is not None:
         check_known_tickers(wanted, list(available), source)
     start, end = resolve_window(available, tickers, config.backtest.start, config.backtest.end, source)
+    strategy = strategy or build_strategy(config, store)
     data_start = calendar.shift_sessions(start, -strategy.warmup_sessions).date()
 
     say("loading prices")
@@ -140,6 +166,36 @@ def run_backtest(
         if not bench_close.empty:
             bench_equity = bench_close / bench_close.iloc[0] * config.backtest.initial_cash
             bench_metrics = _clean(performance_metrics(bench_equity))
+    return Simulated(
+        strategy_name=strategy.name,
+        start=equity.index[0].date(),
+        end=equity.index[-1].date(),
+        result=result,
+        metrics=metrics,
+        benchmark=benchmark,
+        bench_equity=bench_equity,
+        bench_metrics=bench_metrics,
+        decisions=decisions,
+        tool_calls=tool_calls,
+        tools=tools,
+    )
+
+
+def run_backtest(
+    config: QuantorchConfig,
+    store: Store,
+    *,
+    status: Callable[[str], None] | None = None,
+) -> BacktestOutcome:
+    """Run, store and report one backtest of ``config`` (its ``backtest.start``/``end``)."""
+    say = status or (lambda _msg: None)
+    sim = simulate_config(config, store, status=status)
+    source = config.data.source
+    tickers = list(config.universe)
+    result, equity, metrics = sim.result, sim.result.equity, sim.metrics
+    benchmark, bench_equity, bench_metrics = sim.benchmark, sim.bench_equity, sim.bench_metrics
+    decisions, tool_calls, tools = sim.decisions, sim.tool_calls, sim.tools
+    strategy_name = sim.strategy_name
 
     run_id = _new_run_id()
     config_hash = config.config_hash()
@@ -147,7 +203,7 @@ def run_backtest(
     meta = {
         "run id": run_id,
         "period": f"{first} to {last}",
-        "strategy": strategy.name,
+        "strategy": strategy_name,
         "universe": ", ".join(tickers),
         "benchmark": benchmark or "none",
         "source": source,
@@ -162,7 +218,7 @@ def run_backtest(
     report_path = Path(config.reports_dir) / f"{run_id}.html"
     write_report(
         report_path,
-        title=f"quantorch backtest {run_id}: {strategy.name}",
+        title=f"quantorch backtest {run_id}: {strategy_name}",
         equity=equity,
         benchmark_equity=bench_equity,
         metrics=metrics,
@@ -175,7 +231,7 @@ def run_backtest(
             store,
             run_id=run_id,
             config=config,
-            strategy=strategy.name,
+            strategy=strategy_name,
             benchmark=benchmark,
             first=first,
             last=last,
@@ -195,7 +251,7 @@ def run_backtest(
         report_path=report_path.resolve(),
         start=first,
         end=last,
-        strategy=strategy.name,
+        strategy=strategy_name,
         metrics=metrics,
         benchmark=benchmark,
         benchmark_metrics=bench_metrics,
