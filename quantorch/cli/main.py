@@ -49,6 +49,27 @@ app = typer.Typer(
 data_app = typer.Typer(help="Fetch, import and list the prices stored in the database.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _register_commands() -> None:
+    """Command groups that live in their own modules."""
+    from quantorch.cli import orchestrator_cmd
+    from quantorch.cli.profile_cmd import profile_app
+
+    app.add_typer(profile_app, name="profile")
+    orchestrator_cmd.register(app)
+    try:
+        from quantorch.cli.tools_cmd import tools_app
+    except ImportError:  # the tool layer is not installed in this build
+        tools_app = None
+    if tools_app is not None:
+        app.add_typer(tools_app, name="tools")
+    for module in ("quantorch.cli.news_cmd", "quantorch.cli.query_cmd"):
+        try:
+            registrar = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        registrar.register(data_app if module.endswith("news_cmd") else app)
+
 def _fmt(key: str, value: float | None) -> str:
     if value is None:
         return "n/a"
@@ -97,7 +118,23 @@ def backtest(
     strategy: Annotated[
         Optional[str],
         typer.Option("--strategy", show_default=False,
-                     help="Strategy to run: buy-and-hold, sma-cross (default from config)."),
+                     help="Rule strategy instead of an orchestrator: buy-and-hold, sma-cross."),
+    ] = None,
+    orchestrator: Annotated[
+        Optional[str],
+        typer.Option("--orchestrator", show_default=False,
+                     help="Orchestrator: policy (trained, default), all-tools, free-tools, "
+                          "technical-only, random, buy-and-hold."),
+    ] = None,
+    profile: Annotated[
+        Optional[str],
+        typer.Option("--profile", show_default=False,
+                     help="Trader profile for the orchestrator (see `quantorch profile list`)."),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", show_default=False,
+                     help="Policy checkpoint from `quantorch train` (default: the shipped one)."),
     ] = None,
     source: SourceOpt = None,
     fee_bps: Annotated[
@@ -137,7 +174,15 @@ def backtest(
     Example: quantorch backtest --start 2020 --strategy sma-cross --fee-bps 2
     """
     with guard(debug):
+        if strategy is not None and (orchestrator or profile or checkpoint):
+            raise UserInputError(
+                "--strategy runs a rule strategy; --orchestrator, --profile and --checkpoint "
+                "are for orchestrators: pass one or the other"
+            )
         overrides = {
+            "orchestrator.name": orchestrator,
+            "orchestrator.profile": profile,
+            "orchestrator.checkpoint": checkpoint,
             "backtest.start": parse_date(start),
             "backtest.end": parse_date(end, is_end=True),
             "universe": parse_tickers(universe),
@@ -150,6 +195,8 @@ def backtest(
             "benchmark": benchmark,
             "seed": seed,
         }
+        if orchestrator or profile or checkpoint:
+            overrides["backtest.strategy"] = "orchestrator"
         cfg = load(config, overrides)
         from quantorch.backtest.runner import run_backtest
 
@@ -173,8 +220,27 @@ def backtest(
                 row.append(_fmt(key, outcome.benchmark_metrics.get(key)))
             table.add_row(*row)
         out.print(table)
+        if outcome.tools is not None:
+            _print_tools(outcome.tools)
         out.print(f"run id: {outcome.run_id}  ({outcome.fills} fills, config {outcome.config_hash})")
         out.print(f"report: {outcome.report_path}", soft_wrap=True)
+
+
+def _print_tools(tools: dict) -> None:
+    bps = tools["tool_cost_bps_of_traded_notional"]
+    out.print(
+        f"tools: {tools['tool_calls']:,} calls for {tools['decisions']:,} decisions "
+        f"({tools['calls_per_decision']:.2f} per decision); cost ${tools['tool_cost_usd']:,.4f} "
+        f"(${tools['tool_cost_per_decision_usd']:.5f} per decision, "
+        f"{'n/a' if bps is None else f'{bps:.3f}'} bps of traded notional)"
+    )
+    if tools["tool_mix"]:
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in tools["tool_mix"].items())
+        out.print(f"tool mix: {mix}")
+    if tools["pnl_attribution_usd"]:
+        parts = ", ".join(f"{k} {v:+,.0f}" for k, v in sorted(
+            tools["pnl_attribution_usd"].items(), key=lambda kv: -abs(kv[1])))
+        out.print(f"P&L by tools used (USD, horizon forward return): {parts}")
 
 
 @data_app.command("fetch")
@@ -287,6 +353,9 @@ def data_list(
         for row in frame.itertuples(index=False):
             table.add_row(*(str(v)[:10] if isinstance(v, pd.Timestamp) else str(v) for v in row))
         out.print(table)
+
+
+_register_commands()
 
 
 def run() -> None:

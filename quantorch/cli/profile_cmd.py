@@ -38,12 +38,13 @@ def profile_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None:
             sys.stdout.write(json.dumps([p.model_dump(mode="json") for p in profiles]) + "\n")
             return
         table = Table(title="trader profiles (configs/traders)")
-        for column in ("name", "risk aversion", "holding", "prefers", "budget $/decision", "max pos", "shorts"):
+        table.add_column("name", no_wrap=True)
+        for column in ("risk aversion", "holding (sessions)", "prefers", "budget $/decision", "max pos", "shorts"):
             table.add_column(column)
         for p in profiles:
             prefers = ", ".join(f"{k} {v:g}" for k, v in p.tool_preferences.items()) or "-"
             table.add_row(
-                p.name, f"{p.risk_aversion:g}", f"{p.holding_period} sessions", prefers,
+                p.name, f"{p.risk_aversion:g}", str(p.holding_period), prefers,
                 f"{p.cost_budget_usd:g}", f"{p.limits.max_position:.0%}",
                 "yes" if p.limits.allow_short else "no",
             )
