@@ -70,6 +70,7 @@ def write_report(
     benchmark_metrics: Mapping[str, float | None] | None,
     fills: pd.DataFrame,
     meta: Mapping[str, str],
+    tools: Mapping | None = None,
 ) -> Path:
     """Write the HTML report of one run to ``path`` (atomically) and return ``path``.
 
@@ -89,6 +90,9 @@ def write_report(
     meta
         Run facts shown in the header (run id, period, strategy, universe, costs, seed,
         config hash, code version, ...), in order.
+    tools
+        For orchestrator runs, :func:`~quantorch.backtest.runner.tool_usage` output: adds a
+        section with the tool-call mix, tool costs and P&L attribution by tools used.
     """
     path = Path(path)
     body = "\n".join(
@@ -105,6 +109,7 @@ def write_report(
             _plot(_monthly_figure(equity), CHART_IDS[2]),
             "<h2>Costs</h2>",
             _costs_table(metrics, fills),
+            _tools_section(tools) if tools is not None else "",
             "<h2>Trades</h2>",
             _trades_table(fills),
             (
@@ -314,6 +319,36 @@ def _costs_table(metrics: Mapping[str, float | None], fills: pd.DataFrame) -> st
     ]
     body = "".join(f'<tr><td class="key">{_esc(k)}</td><td>{_esc(v)}</td></tr>' for k, v in rows)
     return f'<table class="costs">{body}</table>'
+
+
+def _tools_section(tools: Mapping) -> str:
+    bps = tools.get("tool_cost_bps_of_traded_notional")
+    rows = [
+        ("Decisions", f"{tools['decisions']:,}"),
+        ("Tool calls", f"{tools['tool_calls']:,}"),
+        ("Calls per decision", f"{tools['calls_per_decision']:.2f}"),
+        ("Tool cost (USD)", f"{tools['tool_cost_usd']:,.4f}"),
+        ("Tool cost per decision (USD)", f"{tools['tool_cost_per_decision_usd']:.5f}"),
+        ("Tool cost (bps of traded notional)", "n/a" if bps is None else f"{bps:.4f}"),
+    ]
+    summary = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    mix = "".join(
+        f"<tr><td>{_esc(k)}</td><td>{v:.1%}</td></tr>" for k, v in tools.get("tool_mix", {}).items()
+    )
+    attribution = "".join(
+        f"<tr><td>{_esc(k)}</td><td>{v:+,.0f}</td></tr>"
+        for k, v in sorted(tools.get("pnl_attribution_usd", {}).items(), key=lambda kv: -abs(kv[1]))
+    )
+    return (
+        "<h2>Tools</h2>"
+        f"<table>{summary}</table>"
+        "<h3>Tool-call mix</h3>"
+        f"<table><tr><th>tool:provider</th><th>share of calls</th></tr>{mix}</table>"
+        "<h3>P&amp;L by tools used</h3>"
+        '<p class="note">Each decision\'s target weight x its forward return over the horizon '
+        "x equity at the decision, summed by the set of tools it called.</p>"
+        f"<table><tr><th>tools used</th><th>P&amp;L (USD)</th></tr>{attribution}</table>"
+    )
 
 
 def _trades_table(fills: pd.DataFrame) -> str:

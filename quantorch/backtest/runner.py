@@ -225,6 +225,7 @@ def run_backtest(
         benchmark_metrics=bench_metrics,
         fills=result.fills,
         meta=meta,
+        tools=tools,
     )
     try:
         _store_run(
