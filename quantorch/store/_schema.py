@@ -221,10 +221,403 @@ _V3 = (
     "COMMENT ON COLUMN decisions.guard_note IS 'which RiskGuard limit changed the position, if any'",
 )
 
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _documented_view(
+    name: str, sql: str, description: str, columns: dict[str, str]
+) -> tuple[str, ...]:
+    """CREATE VIEW plus COMMENT ON VIEW and one COMMENT ON COLUMN per documented column."""
+    return (
+        f"CREATE VIEW {name} AS {sql}",
+        f"COMMENT ON VIEW {name} IS {_quote(description)}",
+        *(f"COMMENT ON COLUMN {name}.{col} IS {_quote(text)}" for col, text in columns.items()),
+    )
+
+
+def _json_doubles(column: str, keys: tuple[str, ...], prefix: str = "") -> str:
+    """``TRY_CAST(column->>'$.key' AS DOUBLE) AS prefix_key`` for each key (NULL if absent)."""
+    return ",\n    ".join(
+        f"TRY_CAST(json_extract_string({column}, '$.{key}') AS DOUBLE) AS {prefix}{key}"
+        for key in keys
+    )
+
+
+# The profile of a run, one row per run id found in runs or decisions: the one profile of its
+# decisions; 'mixed' when they span several; else the top-level `profile` key of its config (a
+# name, or an object with a `name`); else 'none'. `orchestrator.profile` is not read: every
+# config carries it (default 'neutral'), plain strategies included.
+_RUN_PROFILES = """
+    SELECT coalesce(r.run_id, d.run_id) AS run_id,
+           coalesce(
+               CASE WHEN d.n_profiles = 1 THEN d.profile WHEN d.n_profiles > 1 THEN 'mixed' END,
+               CASE WHEN json_type(r.config, '$.profile') = 'OBJECT'
+                    THEN json_extract_string(r.config, '$.profile.name')
+                    ELSE json_extract_string(r.config, '$.profile') END,
+               'none') AS profile
+    FROM runs AS r
+    FULL JOIN (
+        SELECT run_id, min(profile) AS profile, count(DISTINCT profile) AS n_profiles
+        FROM decisions
+        GROUP BY run_id
+    ) AS d ON d.run_id = r.run_id
+"""
+
+
+_METRIC_KEYS = (
+    "total_return", "cagr", "volatility", "sharpe", "sortino", "max_drawdown", "calmar",
+    "turnover", "exposure", "fees_paid", "slippage_paid",
+)  # fmt: skip
+_BENCHMARK_METRIC_KEYS = (
+    "total_return", "cagr", "volatility", "sharpe", "sortino", "max_drawdown", "calmar",
+)  # fmt: skip
+
+_V_RUNS = f"""
+WITH run_profile AS ({_RUN_PROFILES})
+SELECT
+    run_id, kind, created_at, strategy, p.profile, source, universe,
+    len(universe) AS n_tickers, benchmark, start_date, end_date,
+    (end_date - start_date) / 365.25 AS years, rebalance, seed,
+    TRY_CAST(json_extract_string(config, '$.costs.fee_bps') AS DOUBLE) AS fee_bps,
+    TRY_CAST(json_extract_string(config, '$.costs.slippage_bps') AS DOUBLE) AS slippage_bps,
+    TRY_CAST(json_extract_string(config, '$.backtest.initial_cash') AS DOUBLE) AS initial_cash,
+    {_json_doubles("metrics", _METRIC_KEYS)},
+    {_json_doubles("benchmark_metrics", _BENCHMARK_METRIC_KEYS, prefix="benchmark_")},
+    TRY_CAST(json_extract_string(metrics, '$.total_return') AS DOUBLE)
+      - TRY_CAST(json_extract_string(benchmark_metrics, '$.total_return') AS DOUBLE)
+      AS excess_return,
+    config_hash, code_version, config, metrics, benchmark_metrics, report_path
+FROM runs
+LEFT JOIN run_profile AS p USING (run_id)
+"""
+
+_V_EQUITY = """
+SELECT
+    run_id, date, session, equity, cash, gross_exposure, daily_return,
+    equity / first_equity - 1 AS cumulative_return,
+    peak_equity, equity / peak_equity - 1 AS drawdown,
+    benchmark_equity, benchmark_daily_return,
+    benchmark_equity / benchmark_peak - 1 AS benchmark_drawdown,
+    daily_return - benchmark_daily_return AS active_return
+FROM (
+    SELECT
+        run_id, date, equity, cash, gross_exposure, benchmark_equity,
+        row_number() OVER w AS session,
+        equity / lag(equity) OVER w - 1 AS daily_return,
+        first_value(equity) OVER w AS first_equity,
+        max(equity) OVER w AS peak_equity,
+        benchmark_equity / lag(benchmark_equity) OVER w - 1 AS benchmark_daily_return,
+        max(benchmark_equity) OVER w AS benchmark_peak
+    FROM (
+        -- a run without a benchmark may store NaN: treat it as missing
+        SELECT run_id, date, equity, cash, gross_exposure,
+               nullif(benchmark_equity, 'NaN'::DOUBLE) AS benchmark_equity
+        FROM equity
+    )
+    WINDOW w AS (PARTITION BY run_id ORDER BY date
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)
+"""
+
+_V_TOOL_USAGE = f"""
+WITH run_profile AS ({_RUN_PROFILES})
+SELECT
+    u.run_id, coalesce(p.profile, 'none') AS profile, u.tool, u.provider, u.month,
+    u.calls, u.cache_hits, u.errors, u.no_coverage, u.cost_usd,
+    u.latency_p50_ms, u.latency_mean_ms, u.latency_max_ms, u.input_tokens, u.output_tokens
+FROM (
+    -- aggregate first, then attach the profile (a function of the run): 10x fewer join rows
+    SELECT
+        run_id, tool, provider,
+        CAST(date_trunc('month', as_of) AS DATE) AS month,
+        count(*) AS calls,
+        CAST(count_if(cache_hit) AS BIGINT) AS cache_hits,
+        count(error) AS errors,
+        CAST(count_if(NOT coverage) AS BIGINT) AS no_coverage,
+        sum(cost_usd) AS cost_usd,
+        quantile_cont(latency_ms, 0.5) AS latency_p50_ms,
+        avg(latency_ms) AS latency_mean_ms,
+        max(latency_ms) AS latency_max_ms,
+        sum(input_tokens) AS input_tokens,
+        sum(output_tokens) AS output_tokens
+    FROM tool_calls
+    GROUP BY run_id, tool, provider, month
+) AS u
+LEFT JOIN run_profile AS p ON p.run_id = u.run_id
+"""
+
+_V_DECISIONS = """
+WITH sessions AS (
+    SELECT source, ticker, date, adj_close,
+           row_number() OVER (PARTITION BY source, ticker ORDER BY date) AS session
+    FROM prices
+),
+decided AS (
+    SELECT d.*, r.source,
+           list_sort(list_distinct([split_part(t, ':', 1) for t in d.tools_called])) AS tools
+    FROM decisions AS d
+    LEFT JOIN runs AS r USING (run_id)
+)
+SELECT
+    d.run_id, d.decision_id, d.orchestrator, d.profile, d.ticker, d.decision_date, d.fill_date,
+    d.horizon, d.tools_called, d.tools,
+    CASE WHEN len(d.tools) = 0 THEN 'none' ELSE array_to_string(d.tools, '+') END AS tool_set,
+    d.n_calls, d.tool_cost_usd, d.proposed_position, d.target_weight, d.guard_note,
+    d.rationale, d.reward, d.source,
+    entry.adj_close AS entry_price,
+    exit.date AS exit_date,
+    exit.adj_close AS exit_price,
+    exit.adj_close / entry.adj_close - 1 AS forward_return,
+    d.target_weight * (exit.adj_close / entry.adj_close - 1) AS contribution,
+    d.target_weight * (exit.adj_close / entry.adj_close - 1) * e.equity AS pnl_usd
+FROM decided AS d
+LEFT JOIN equity AS e ON e.run_id = d.run_id AND e.date = d.decision_date
+LEFT JOIN sessions AS entry
+       ON entry.source = d.source AND entry.ticker = d.ticker AND entry.date = d.fill_date
+LEFT JOIN sessions AS exit
+       ON exit.source = entry.source AND exit.ticker = entry.ticker
+      AND exit.session = entry.session + d.horizon
+"""
+
+_V_PNL_ATTRIBUTION = """
+SELECT
+    run_id, orchestrator, profile, tool_set, tool, n_tools,
+    count(*) AS decisions,
+    count(contribution) AS realised_decisions,
+    sum(contribution / n_tools) AS contribution,
+    sum(contribution / n_tools) * 1e4 AS contribution_bps,
+    sum(pnl_usd / n_tools) AS pnl_usd,
+    sum(tool_cost_usd / n_tools) AS tool_cost_usd,
+    avg(forward_return) AS mean_forward_return,
+    avg(CASE WHEN target_weight <> 0 AND forward_return IS NOT NULL
+             THEN CAST(sign(target_weight) = sign(forward_return) AS INTEGER) END) AS hit_rate
+FROM (
+    SELECT run_id, orchestrator, profile, tool_set, target_weight, forward_return,
+           contribution, pnl_usd, tool_cost_usd,
+           greatest(len(tools), 1) AS n_tools,
+           unnest(CASE WHEN len(tools) = 0 THEN ['none'] ELSE tools END) AS tool
+    FROM v_decisions
+)
+GROUP BY run_id, orchestrator, profile, tool_set, tool, n_tools
+"""
+
+# Descriptions for the columns migrations 1-3 left undocumented, so `quantorch query --schema`
+# and docs/schema.md describe every column. COMMENT ON changes no data.
+_COLUMN_COMMENTS = {
+    "prices": {
+        "ticker": "ticker as the source spells it, e.g. AAPL, ^GSPC",
+        "open": "open as traded; NULL where the source has close only",
+        "high": "high as traded; NULL where the source has close only",
+        "low": "low as traded; NULL where the source has close only",
+    },
+    "price_coverage": {
+        "ticker": "ticker fetched",
+        "source": "provider fetched from",
+        "first_date": "first session requested and stored",
+        "last_date": "last session requested and stored",
+        "fetched_at": "when the range was last fetched (UTC)",
+    },
+    "runs": {
+        "run_id": "unique id: bt- (backtest) or the kind's prefix, UTC time and a random suffix",
+        "created_at": "when the run was stored (UTC)",
+        "strategy": "strategy or orchestrator that decided, e.g. buy-and-hold, sma-cross, policy",
+        "source": "price source the run read (prices.source)",
+        "universe": "tickers traded",
+        "benchmark": "benchmark ticker; NULL when disabled",
+        "start_date": "first session of the run",
+        "end_date": "last session of the run",
+        "rebalance": "daily | weekly | monthly",
+        "seed": "random seed",
+        "config": "the whole configuration, as JSON",
+        "report_path": "HTML report written for the run",
+    },
+    "equity": {
+        "run_id": "the run (runs.run_id)",
+        "date": "session date",
+        "equity": "cash + positions at the close (USD)",
+        "cash": "cash at the close (USD)",
+    },
+    "fills": {
+        "run_id": "the run (runs.run_id)",
+        "fill_id": "0, 1, ... in fill order within the run",
+        "decision_date": "session whose close decided the order",
+        "fill_date": "session the order filled",
+        "ticker": "ticker traded",
+        "side": "buy | sell",
+        "quantity": "shares traded (positive)",
+        "notional": "quantity x fill_price (USD)",
+        "fees": "commission charged (USD)",
+    },
+    "fundamentals": {
+        "ticker": "company ticker",
+        "period_end": "last day of the fiscal period reported",
+        "value": "the item's value (USD unless the metric says otherwise)",
+        "source": "provider: sec, yfinance, file, factor",
+    },
+    "news": {
+        "ticker": "ticker the item is about",
+        "headline": "headline or post text",
+        "body": "full text where available",
+        "source": "feed or file the item came from",
+    },
+    "tool_calls": {
+        "call_id": "unique id of the call",
+        "run_id": "the run that made it; NULL for a call outside a run (quantorch tools run)",
+        "tool": "tool name, e.g. technical, fundamental, sentiment, risk",
+        "provider": "provider (variant) of the tool that answered",
+        "ticker": "ticker the call was about",
+        "arguments": "arguments besides ticker and as_of, as JSON",
+        "summary": "short text summary for LLMs",
+        "coverage": "the tool had data for the ticker at as_of",
+        "cache_hit": "answered from tool_cache",
+        "input_tokens": "LLM prompt tokens; NULL for other providers",
+        "output_tokens": "LLM completion tokens; NULL for other providers",
+        "created_at": "when the call was made (UTC wall time)",
+    },
+    "tool_cache": {
+        "cache_key": "hash of tool, provider, version and inputs",
+        "tool": "tool name",
+        "provider": "provider name",
+        "payload": "the cached result, as JSON",
+        "created_at": "when it was cached (UTC)",
+    },
+    "decisions": {
+        "run_id": "the run (runs.run_id)",
+        "decision_id": "0, 1, ... within the run",
+        "orchestrator": "policy, all-tools, free-tools, technical-only, random, buy-and-hold, llm",
+        "profile": "trader profile the decision was taken for",
+        "ticker": "ticker decided",
+        "n_calls": "number of tool calls made",
+        "tool_cost_usd": "price of the calls made (USD)",
+        "rationale": "the LLM's explanation; NULL for other orchestrators",
+        "reward": "reward of the decision after the horizon; NULL until known",
+    },
+    "schema_version": {
+        "version": "migration number",
+        "description": "what the migration added",
+        "applied_at": "when it was applied to this file (UTC)",
+    },
+}
+
+_V4 = (
+    *(
+        f"COMMENT ON COLUMN {table}.{column} IS {_quote(text)}"
+        for table, columns in _COLUMN_COMMENTS.items()
+        for column, text in columns.items()
+    ),
+    *_documented_view(
+        "v_runs",
+        _V_RUNS,
+        "Runs with their config, period and metrics flattened to columns (returns as fractions)",
+        {
+            "profile": "the one profile of the run's decisions ('mixed' if several), else the "
+                       "config's top-level `profile`, else 'none'",
+            "n_tickers": "number of tickers in the universe",
+            "years": "calendar years from start_date to end_date",
+            "fee_bps": "commission from the config, bps of traded notional",
+            "slippage_bps": "slippage from the config, bps of the fill price",
+            "initial_cash": "starting cash from the config (USD)",
+            "total_return": "strategy total return over the period (fraction)",
+            "cagr": "compound annual growth rate (fraction)",
+            "volatility": "annualised volatility of daily returns (fraction)",
+            "sharpe": "annualised Sharpe ratio (risk-free rate 0)",
+            "sortino": "annualised Sortino ratio",
+            "max_drawdown": "worst peak-to-trough fall (negative fraction)",
+            "calmar": "cagr / |max_drawdown|",
+            "turnover": "traded notional per year / mean equity",
+            "exposure": "mean gross exposure",
+            "fees_paid": "commissions paid (USD)",
+            "slippage_paid": "slippage paid (USD)",
+            **{f"benchmark_{k}": f"{k} of the benchmark" for k in _BENCHMARK_METRIC_KEYS},
+            "excess_return": "total_return - benchmark_total_return",
+        },
+    ),
+    *_documented_view(
+        "v_equity",
+        _V_EQUITY,
+        "Daily equity of each run with daily return, cumulative return and drawdown, and the "
+        "same for its benchmark",
+        {
+            "session": "1 for the first session of the run, then 2, 3, ...",
+            "daily_return": "equity / previous session equity - 1; NULL on the first session",
+            "cumulative_return": "equity / first session equity - 1",
+            "peak_equity": "highest equity up to and including this session",
+            "drawdown": "equity / peak_equity - 1 (0 at a new high, negative below it)",
+            "benchmark_equity": "benchmark rebased to the initial cash; NULL without a benchmark",
+            "benchmark_daily_return": "benchmark daily return",
+            "benchmark_drawdown": "benchmark drawdown from its running peak",
+            "active_return": "daily_return - benchmark_daily_return",
+        },
+    ),
+    *_documented_view(
+        "v_tool_usage",
+        _V_TOOL_USAGE,
+        "Tool calls aggregated by run, profile, tool, provider and month of the decision time: "
+        "calls, cache hits, errors, cost and latency",
+        {
+            "profile": "the run's profile, as in v_runs ('none' for calls outside a run)",
+            "month": "first day of the month of as_of (decision time, not billing time)",
+            "calls": "number of calls",
+            "cache_hits": "calls answered from the cache (cost 0)",
+            "errors": "calls that failed (error not NULL)",
+            "no_coverage": "calls where the tool had no data for the ticker",
+            "cost_usd": "total price charged (USD)",
+            "latency_p50_ms": "median wall time of a call in the group (ms)",
+            "latency_mean_ms": "mean wall time of a call in the group (ms)",
+            "latency_max_ms": "slowest call in the group (ms)",
+            "input_tokens": "LLM prompt tokens of the group; NULL for other providers",
+            "output_tokens": "LLM completion tokens of the group; NULL for other providers",
+        },
+    ),
+    *_documented_view(
+        "v_decisions",
+        _V_DECISIONS,
+        "Decisions with their realised forward return: adj_close of the fill session to "
+        "adj_close `horizon` sessions later, from the run's price source",
+        {
+            "tools": "distinct tool names called (providers dropped), sorted",
+            "tool_set": "tools joined with '+', e.g. 'risk+technical'; 'none' if no tool",
+            "source": "price source of the run (runs.source); NULL when the run is not stored",
+            "entry_price": "adj_close on fill_date",
+            "exit_date": "session `horizon` sessions after fill_date in the ticker's prices",
+            "exit_price": "adj_close on exit_date",
+            "forward_return": "exit_price / entry_price - 1; NULL until the horizon has passed",
+            "contribution": "target_weight * forward_return: the decision's realised "
+                            "contribution to return, a fraction of equity",
+            "pnl_usd": "contribution x the run's equity at the decision's close (USD); NULL "
+                       "when the run stored no equity that day",
+        },
+    ),
+    *_documented_view(
+        "v_pnl_attribution",
+        _V_PNL_ATTRIBUTION,
+        "Realised contribution (target_weight x forward_return) by tool: a decision that used "
+        "k tools gives each 1/k of its contribution and tool cost; decisions without tools go "
+        "to tool 'none'",
+        {
+            "tool_set": "all tools the decisions used, joined with '+'",
+            "tool": "one tool of the set (or 'none'); rows of a set sum to the set's total",
+            "n_tools": "number of tools in the set (the split factor k)",
+            "decisions": "decisions with this tool set (each counted on every tool row of the "
+                         "set: sum decisions / n_tools for a count)",
+            "realised_decisions": "of those, decisions whose horizon has passed",
+            "contribution": "sum of contribution / n_tools (fraction of equity)",
+            "contribution_bps": "contribution in basis points",
+            "pnl_usd": "sum of pnl_usd / n_tools (USD)",
+            "tool_cost_usd": "sum of tool_cost_usd / n_tools (USD)",
+            "mean_forward_return": "mean forward return of the decisions",
+            "hit_rate": "share of non-zero positions whose sign matched the forward return",
+        },
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
     Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
     Migration(3, "decisions", _V3),
+    Migration(4, "research views; descriptions of every column", _V4),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,132 @@
+"""Upgrading a database made by an older quantorch: data intact, views working."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import duckdb
+import pytest
+
+import quantorch.store._store as store_module
+from quantorch import query
+from quantorch.backtest.runner import run_backtest
+from quantorch.config import load_config
+from quantorch.store import Store
+from quantorch.store._schema import LATEST_VERSION, MIGRATIONS, Migration
+
+TABLES = ("prices", "price_coverage", "runs", "equity", "fills", "tool_calls", "decisions")
+
+
+def _older_quantorch(monkeypatch, version: int) -> None:
+    """Make Store behave like the release whose newest migration was ``version``."""
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:version])
+    monkeypatch.setattr(store_module, "LATEST_VERSION", version)
+
+
+def _counts(path) -> dict[str, int]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in TABLES if t in existing}
+    finally:
+        con.close()
+
+
+def _fill_old_database(path, version: int, reports) -> str:
+    """A real backtest stored by the older release, plus its newer tables' rows."""
+    config = load_config().with_overrides({
+        "universe": ["AAPL", "MSFT"], "backtest.start": dt.date(2022, 1, 1),
+        "reports_dir": str(reports),
+    })
+    outcome = run_backtest(config, Store(path))
+    con = duckdb.connect(str(path))
+    try:
+        if version >= 2:
+            con.execute(
+                "INSERT INTO tool_calls VALUES ('c1', ?, 'technical', 'talib', 'AAPL', "
+                "TIMESTAMP '2022-03-01 21:00', '{}', '{\"momentum_21d\": 0.02}', NULL, true, 0.0, "
+                "3.0, false, NULL, NULL, NULL, now())",
+                [outcome.run_id],
+            )
+        if version >= 3:
+            con.execute(
+                "INSERT INTO decisions VALUES (?, 0, 'policy', 'neutral', 'AAPL', "
+                "DATE '2022-03-01', DATE '2022-03-02', 5, ['technical:talib'], 1, 0.0, 0.4, "
+                "0.04, NULL, NULL, NULL)",
+                [outcome.run_id],
+            )
+    finally:
+        con.close()
+    return outcome.run_id
+
+
+@pytest.mark.parametrize("version", range(1, LATEST_VERSION))
+def test_older_database_upgrades_with_data_intact(tmp_path, monkeypatch, version):
+    path = tmp_path / "old.duckdb"
+    with monkeypatch.context() as patched:
+        _older_quantorch(patched, version)
+        run_id = _fill_old_database(path, version, tmp_path / "reports")
+        assert Store(path).schema_version() == version
+    before = _counts(path)
+    assert before["runs"] == 1 and before["equity"] > 0 and before["fills"] == 2
+
+    # A read-only query upgrades the file first (one short write), then reads the views.
+    result = query.run_query(Store(path), "SELECT run_id, sharpe, metrics FROM v_runs")
+    assert result.notices == (
+        f"upgraded {path} from schema version {version} to {LATEST_VERSION}",
+    )
+    [(stored_run, sharpe, metrics)] = result.rows()
+    assert stored_run == run_id and sharpe == pytest.approx(json.loads(metrics)["sharpe"])
+    assert Store(path).schema_version() == LATEST_VERSION
+
+    after = _counts(path)
+    assert {t: after[t] for t in before} == before
+    versions = query.run_query(Store(path), "SELECT version FROM schema_version ORDER BY 1")
+    assert [r[0] for r in versions.rows()] == list(range(1, LATEST_VERSION + 1))
+    equity = query.run_query(Store(path), "SELECT count(*), min(drawdown) FROM v_equity").rows()
+    assert equity[0][0] == before["equity"] and equity[0][1] < 0
+    if version >= 3:
+        decided = query.run_query(Store(path), "SELECT forward_return, tool_set FROM v_decisions")
+        [(forward_return, tool_set)] = decided.rows()
+        assert forward_return is not None and tool_set == "technical"
+        usage = query.run_query(Store(path), "SELECT profile, calls FROM v_tool_usage").rows()
+        assert usage == [("neutral", 1)]
+    # a second look is a plain read: no upgrade, no notice
+    assert query.run_query(Store(path), "SELECT 1").notices == ()
+
+
+def test_writer_upgrades_too(tmp_path, monkeypatch):
+    path = tmp_path / "old.duckdb"
+    with monkeypatch.context() as patched:
+        _older_quantorch(patched, 1)
+        Store(path).migrate()
+    with Store(path).connect() as con:  # any writer migrates on its first unit of work
+        assert con.execute("SELECT count(*) FROM v_pnl_attribution").fetchone()[0] == 0
+    assert Store(path).schema_version() == LATEST_VERSION
+
+
+def test_failed_upgrade_leaves_the_old_schema_whole(tmp_path, monkeypatch):
+    path = tmp_path / "old.duckdb"
+    with monkeypatch.context() as patched:
+        _older_quantorch(patched, 3)
+        Store(path).migrate()
+    statements = (*MIGRATIONS[3].statements[:5], "CREATE VIEW oops AS SELECT nosuch")
+    broken = Migration(4, "research views", statements)
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS[:3], broken))
+    with pytest.raises(duckdb.Error):
+        Store(path).migrate()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        views = con.execute("SELECT count(*) FROM duckdb_views() WHERE NOT internal").fetchone()[0]
+    finally:
+        con.close()
+    assert views == 0 and Store(path).schema_version() == 3
+
+
+def test_migration_4_changes_no_data():
+    """Views and descriptions only: no table is created, altered or written by migration 4."""
+    assert MIGRATIONS[3].version == 4
+    assert all(s.startswith(("CREATE VIEW", "COMMENT ON VIEW", "COMMENT ON COLUMN"))
+               for s in MIGRATIONS[3].statements)
