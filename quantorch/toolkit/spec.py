@@ -54,6 +54,8 @@ class ProviderSpec(_Frozen):
     deterministic: bool = True
     #: Needs the network (an API, an LLM endpoint).
     online: bool = False
+    #: Names of the output fields this provider fills (None: all of the tool's outputs).
+    outputs: tuple[str, ...] | None = None
 
     @property
     def expected_cost_usd(self) -> float:
@@ -98,6 +100,11 @@ class ToolSpec(_Frozen):
     @model_validator(mode="after")
     def _default_is_a_provider(self) -> ToolSpec:
         names = [p.name for p in self.providers]
+        known = {f.name for f in self.outputs}
+        for provider in self.providers:
+            unknown = set(provider.outputs or ()) - known
+            if unknown:
+                raise ValueError(f"provider {provider.name!r} lists unknown outputs {sorted(unknown)}")
         if self.default_provider not in names:
             raise ValueError(f"default_provider {self.default_provider!r} not in {names}")
         if len(set(names)) != len(names):
@@ -115,6 +122,11 @@ class ToolSpec(_Frozen):
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.outputs)
+
+    def provider_outputs(self, name: str | None) -> tuple[str, ...]:
+        """The output fields the provider ``name`` fills."""
+        provider = self.provider(name)
+        return provider.outputs if provider.outputs is not None else self.output_names
 
     def openai_tool(self) -> dict[str, Any]:
         """The OpenAI ``tools`` entry (function calling) an LLM orchestrator sends."""

@@ -46,7 +46,12 @@ def resolve_slots(names: Sequence[str]) -> list[ToolSlot]:
                 "the compact policy; remove it from orchestrator.tools"
             )
         slots.append(
-            ToolSlot(tool_name, provider.name, provider.expected_cost_usd, tool.spec.output_names)
+            ToolSlot(
+                tool_name,
+                provider.name,
+                provider.expected_cost_usd,
+                tool.spec.provider_outputs(provider.name),
+            )
         )
     return slots
 

@@ -1,0 +1,81 @@
+"""A base for tools whose features are causal series: one computation serves both APIs.
+
+A subclass implements :meth:`PanelTool.series`: feature name -> (dates x tickers) frame on
+the whole history it is given, where the row for t uses only rows up to t. Then
+
+- ``panel(data, provider, tickers, dates)`` is that frame at the decision dates, and
+- ``run(request, data, provider)`` is the same computation on data the runner already cut at
+  the decision time, read at its last session,
+
+so a single call equals the panel value at t by construction (and the panel property tests
+check the causality of ``series``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from abc import ABC, abstractmethod
+
+import numpy as np
+import pandas as pd
+
+from quantorch.toolkit.spec import MarketData, ProviderSpec, ToolRequest, ToolResult, ToolSpec
+
+__all__ = ["PanelTool"]
+
+
+class PanelTool(ABC):
+    """Subclass, set ``spec`` and implement :meth:`series` (and optionally :meth:`summarise`)."""
+
+    spec: ToolSpec
+
+    @abstractmethod
+    def series(
+        self, data: MarketData, provider: ProviderSpec, tickers: list[str]
+    ) -> dict[str, pd.DataFrame]:
+        """Feature name -> (dates x tickers) frame; row t may use only rows up to t."""
+
+    def summarise(self, ticker: str, features: dict[str, float], provider: ProviderSpec) -> str:
+        shown = ", ".join(f"{k} {v:+.3g}" for k, v in features.items() if math.isfinite(v))
+        return f"{self.spec.name} for {ticker}: {shown or 'no data'}"
+
+    def panel(
+        self, data: MarketData, provider: ProviderSpec, tickers: list[str], dates: pd.DatetimeIndex
+    ) -> dict[str, pd.DataFrame]:
+        frames = self.series(data, provider, list(tickers))
+        return {
+            name: frame.reindex(index=dates, columns=list(tickers)) for name, frame in frames.items()
+        }
+
+    def run(self, request: ToolRequest, data: MarketData, provider: ProviderSpec) -> ToolResult:
+        started = time.perf_counter()
+        frames = self.series(data, provider, [request.ticker])
+        day = pd.Timestamp(request.asof).normalize()
+        if getattr(day, "tzinfo", None) is not None:
+            day = day.tz_localize(None)
+        features: dict[str, float] = {}
+        for name in self.spec.output_names:
+            frame = frames.get(name)
+            column = frame[request.ticker].loc[:day] if frame is not None else pd.Series(dtype=float)
+            value = column.iloc[-1] if len(column) and column.index[-1] == _last_session(data, day) else np.nan
+            features[name] = float(value) if pd.notna(value) else float("nan")
+        coverage = any(math.isfinite(v) for v in features.values())
+        return ToolResult(
+            tool=self.spec.name,
+            provider=provider.name,
+            ticker=request.ticker,
+            asof=request.asof if isinstance(request.asof, dt.datetime) else pd.Timestamp(request.asof).to_pydatetime(),
+            features=features,
+            summary=self.summarise(request.ticker, features, provider),
+            coverage=coverage,
+            cost_usd=provider.usd_per_call,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
+def _last_session(data: MarketData, day: pd.Timestamp) -> pd.Timestamp | None:
+    dates = data.prices.dates
+    dates = dates[dates <= day]
+    return dates[-1] if len(dates) else None

@@ -1,0 +1,69 @@
+"""Assemble the :class:`MarketData` tools read, from the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pandas as pd
+
+from quantorch.data.service import ensure_prices, load_panel, stored_coverage
+from quantorch.store import Store
+from quantorch.toolkit.spec import MarketData
+
+__all__ = ["load_market_data", "FACTOR_TICKERS"]
+
+#: Style-factor ETFs (value, quality, momentum, size, low volatility), from the sample source.
+FACTOR_TICKERS = ("VLUE", "QUAL", "MTUM", "SIZE", "USMV")
+
+
+def load_market_data(
+    store: Store,
+    source: str,
+    tickers: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    benchmark: str | None = None,
+) -> MarketData:
+    """Prices of ``tickers`` (the source's), the benchmark's close, the factor ETFs' closes
+    (offline sample), and the filings and news stored for these tickers, over [start, end].
+
+    News is kept up to the end of ``end`` (UTC); :meth:`MarketData.truncate` cuts each call at
+    its decision time. The prices must already be stored (``ensure_prices``) except the factor
+    ETFs, which are loaded here when the sample source has them.
+    """
+    tickers = list(tickers)
+    prices = load_panel(store, source, tickers, start, end)
+    bench = None
+    if benchmark:
+        bench = load_panel(store, source, [benchmark], start, end).close[benchmark]
+    factors = None
+    if not set(FACTOR_TICKERS) <= set(stored_coverage(store, "sample")):
+        ensure_prices(store, "sample", list(FACTOR_TICKERS), start, end)
+    factor_panel = load_panel(store, "sample", list(FACTOR_TICKERS), start, end).close
+    if factor_panel.notna().any().any():
+        factors = factor_panel.reindex(prices.dates)
+    with store.connect(read_only=True) as con:
+        fundamentals = con.execute(
+            """
+            SELECT ticker, period_end, filed_at, metric, value, source FROM fundamentals
+            WHERE ticker IN (SELECT unnest(?)) AND filed_at <= ?
+            ORDER BY ticker, filed_at, period_end
+            """,
+            [tickers, end],
+        ).df()
+        news = con.execute(
+            """
+            SELECT published_at, ticker, headline, body, source FROM news
+            WHERE ticker IN (SELECT unnest(?)) AND published_at < ?
+            ORDER BY ticker, published_at
+            """,
+            [tickers, pd.Timestamp(end) + pd.Timedelta(days=1)],
+        ).df()
+    return MarketData(
+        prices=prices,
+        benchmark=bench,
+        factors=factors,
+        fundamentals=fundamentals if len(fundamentals) else None,
+        news=news if len(news) else None,
+    )
