@@ -68,8 +68,8 @@ class DataConfig(_Strict):
 class BacktestConfig(_Strict):
     """How a backtest trades."""
 
-    strategy: str = "buy-and-hold"
-    rebalance: Rebalance = "monthly"
+    strategy: str = "orchestrator"
+    rebalance: Rebalance = "weekly"
     initial_cash: float = Field(1_000_000.0, gt=0)
     start: dt.date | None = None
     end: dt.date | None = None
@@ -106,7 +106,7 @@ class TrainingConfig(_Strict):
     val_start: dt.date = dt.date(2019, 1, 1)
     val_end: dt.date = dt.date(2019, 12, 31)
     profiles: list[str] = Field(default_factory=lambda: ["all"])
-    steps: int = Field(300_000, ge=1_000)
+    steps: int = Field(1_000_000, ge=1_000)
 
     @model_validator(mode="after")
     def _periods_do_not_overlap(self) -> TrainingConfig:

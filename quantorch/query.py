@@ -177,14 +177,14 @@ def _reader(store: Store) -> Iterator[tuple[duckdb.DuckDBPyConnection, tuple[str
     """A read-only connection on a file of the current schema: one open in the usual case (each
     open may wait for a writer), an upgrade first when the file is older."""
     notices = _require_file(store, create=False)
+    upgraded_from = store.ensure_current()
+    if upgraded_from is not None:
+        notices = (
+            *notices,
+            f"upgraded {store.path} from schema version {upgraded_from} to {LATEST_VERSION}",
+        )
     with store.connect(read_only=True) as con:
-        version = _version(con)
-        if version >= LATEST_VERSION:
-            yield con, notices
-            return
-    store.migrate()
-    with store.connect(read_only=True) as con:
-        yield con, (f"upgraded {store.path} from schema version {version} to {LATEST_VERSION}",)
+        yield con, notices
 
 
 def _version(con: duckdb.DuckDBPyConnection) -> int:

@@ -232,7 +232,7 @@ def _print_tools(tools: dict) -> None:
         f"tools: {tools['tool_calls']:,} calls for {tools['decisions']:,} decisions "
         f"({tools['calls_per_decision']:.2f} per decision); cost ${tools['tool_cost_usd']:,.4f} "
         f"(${tools['tool_cost_per_decision_usd']:.5f} per decision, "
-        f"{'n/a' if bps is None else f'{bps:.3f}'} bps of traded notional)"
+        f"{'n/a' if bps is None else f'{bps:.5f}'} bps of traded notional)"
     )
     if tools["tool_mix"]:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in tools["tool_mix"].items())

@@ -9,6 +9,7 @@ horizon (used only by the reward, never observed).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -113,8 +114,10 @@ def _normalise(
 ) -> np.ndarray:
     """Z-score with statistics fitted on the training rows (stored in the checkpoint)."""
     if fit:
-        mean = np.nanmean(values, axis=0) if np.isfinite(values).any() else np.zeros(values.shape[1])
-        std = np.nanstd(values, axis=0) if np.isfinite(values).any() else np.ones(values.shape[1])
+        with warnings.catch_warnings():  # a feature never covered (e.g. ATR on close-only data)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0)
         mean = np.nan_to_num(mean)
         std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
         stats[name] = (mean.tolist(), std.tolist())

@@ -41,10 +41,7 @@ class Store:
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """One unit of work on the file; the connection is closed (lock released) on exit."""
-        if read_only and not self.path.exists():
-            self.migrate()
-        elif not read_only and not self._migrated:
-            self.migrate()
+        self.ensure_current()
         con = self._open(read_only)
         try:
             yield con
@@ -62,6 +59,21 @@ class Store:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+
+    def ensure_current(self) -> int | None:
+        """Create or upgrade the file to the latest schema, once per Store.
+
+        Returns the version the file had when it was upgraded, or None when nothing changed.
+        A reader of an older file thus upgrades it first, in one short write.
+        """
+        if self._migrated:
+            return None
+        version = self.schema_version()
+        if version >= LATEST_VERSION:
+            self._migrated = True
+            return None
+        self.migrate()
+        return version if self.path.exists() and version > 0 else None
 
     def schema_version(self) -> int:
         """The schema version of the file (0 for an empty or missing file)."""

@@ -34,7 +34,7 @@ class PPOSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: int = Field(300_000, ge=1_000, description="environment steps (all envs together)")
+    steps: int = Field(1_000_000, ge=1_000, description="environment steps (all envs together)")
     n_envs: int = Field(512, ge=1)
     n_steps: int = Field(16, ge=1, description="steps per env per rollout")
     batch_size: int = Field(2048, ge=32)
@@ -47,8 +47,8 @@ class PPOSettings(BaseModel):
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
     net_arch: list[int] = Field(default_factory=lambda: [128, 128])
-    eval_every: int = Field(25_000, ge=1_000, description="steps between validations")
-    patience: int = Field(4, ge=1, description="validations without improvement before stopping")
+    eval_every: int = Field(50_000, ge=1_000, description="steps between validations")
+    patience: int = Field(6, ge=1, description="validations without improvement before stopping")
 
 
 @dataclass

@@ -25,7 +25,7 @@ def backtest(db, tmp_path, *args, env=None):
 
 
 def test_json_contract_and_storage(loaded_db, tmp_path):
-    result = backtest(loaded_db, tmp_path, "--start", "2020", "--json")
+    result = backtest(loaded_db, tmp_path, "--start", "2020", "--strategy", "buy-and-hold", "--json")
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     keys = {"total_return", "cagr", "volatility", "sharpe", "sortino", "max_drawdown", "calmar",

@@ -38,6 +38,7 @@ def _fill_old_database(path, version: int, reports) -> str:
     """A real backtest stored by the older release, plus its newer tables' rows."""
     config = load_config().with_overrides({
         "universe": ["AAPL", "MSFT"], "backtest.start": dt.date(2022, 1, 1),
+        "backtest.strategy": "buy-and-hold", "backtest.rebalance": "monthly",
         "reports_dir": str(reports),
     })
     outcome = run_backtest(config, Store(path))

@@ -57,10 +57,10 @@ def build_research_db(path: Path, reports_dir: Path) -> list[str]:
     from quantorch.config import load_config
 
     store = Store(path)
-    base = load_config().with_overrides({"reports_dir": str(reports_dir)})
+    base = load_config().with_overrides({"reports_dir": str(reports_dir), "backtest.rebalance": "monthly"})
     run_ids = []
     for overrides in (
-        {"backtest.start": dt.date(2020, 1, 1)},
+        {"backtest.start": dt.date(2020, 1, 1), "backtest.strategy": "buy-and-hold"},
         {"backtest.start": dt.date(2020, 1, 1), "backtest.strategy": "sma-cross"},
         {"backtest.start": dt.date(2019, 1, 1), "backtest.end": dt.date(2021, 12, 31),
          "backtest.strategy": "sma-cross", "backtest.rebalance": "weekly", "costs.fee_bps": 2.0},
