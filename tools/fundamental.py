@@ -66,7 +66,6 @@ def factor_exposures(
     styles = factor_returns.reindex(index).to_numpy(dtype=np.float64) - mkt[:, None]
     design = np.column_stack([np.ones(len(index)), mkt, styles])  # (n, 7)
     x_ok = np.isfinite(design).all(axis=1)
-    n_params = design.shape[1]
     names = [f"{style}_tilt" for style, _ in STYLES]
     out = {name: np.full(stock_returns.shape, np.nan) for name in [*names, "market_beta", "factor_r2"]}
     for j, ticker in enumerate(stock_returns.columns):
