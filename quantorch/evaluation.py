@@ -249,6 +249,7 @@ def evaluate(
     from quantorch.orchestrator.factory import build_orchestrator_strategy, load_policies
 
     policies = load_policies(config, need_all_tools="all-tools" in orchestrators)
+    cache: dict = {}  # tool panels and datasets, computed once per checkpoint
     rows: list[EvaluationRow] = []
     start = end = None
     for profile in profiles:
@@ -263,7 +264,7 @@ def evaluate(
                     "orchestrator.profile": str(profile.name),
                 })
                 strategy = build_orchestrator_strategy(
-                    cfg, store, seed=config.seed + k, policies=policies
+                    cfg, store, seed=config.seed + k, policies=policies, cache=cache
                 )
                 strategy.profile = profile
                 runs.append(simulate_config(cfg, store, strategy=strategy))

@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from quantorch.orchestrator.dataset import CONTEXT_FEATURES, DecisionDataset
 from quantorch.orchestrator.profiles import TraderProfile, profile_feature_names
-from quantorch.orchestrator.reward import REWARD_SCALE, decision_reward
+from quantorch.orchestrator.reward import REWARD_SCALE, decision_reward, tool_cost_term
 
 __all__ = [
     "POSITION_BUCKETS",
@@ -105,7 +105,7 @@ class DecisionCore:
         self.profile_features = np.stack([p.features(self.tools) for p in self.profiles])
         self.profile_prefs = np.stack([p.preference_vector(self.tools) for p in self.profiles])
         self.profile_budget = np.array([p.cost_budget_usd for p in self.profiles])
-        self.profile_notional = np.array([p.notional_usd for p in self.profiles])
+        self.profile_budget_bps = np.array([p.budget_bps for p in self.profiles])
         self.profile_risk = np.array([p.risk_aversion for p in self.profiles])
         self.profile_turnover = np.array([p.turnover_aversion for p in self.profiles])
         self.profile_short = np.array([p.limits.allow_short for p in self.profiles])
@@ -227,8 +227,7 @@ class DecisionCore:
             pidx = self.profile[tool_rows]
             rewards[tool_rows] = (
                 -self.profile_weights["tool_cost"][pidx]
-                * price
-                / self.profile_notional[pidx]
+                * tool_cost_term(price, self.profile_budget[pidx], self.profile_budget_bps[pidx])
                 * REWARD_SCALE
             )
         self.steps += active
@@ -270,7 +269,8 @@ class DecisionCore:
             fee_bps=self.config.fee_bps,
             slippage_bps=self.config.slippage_bps,
             tool_cost_usd=self.spent[rows],
-            notional_usd=self.profile_notional[pidx],
+            cost_budget_usd=self.profile_budget[pidx],
+            budget_bps=self.profile_budget_bps[pidx],
             called=called_tools,
             preferences=self.profile_prefs[pidx],
             turnover_aversion=self.profile_turnover[pidx],

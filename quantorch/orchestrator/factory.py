@@ -42,6 +42,7 @@ def build_orchestrator_strategy(
     *,
     seed: int | None = None,
     policies: tuple[PolicyCheckpoint, PolicyCheckpoint | None] | None = None,
+    cache: dict | None = None,
 ) -> OrchestratorStrategy:
     """The configured orchestrator under the configured profile, ready to backtest."""
     from quantorch.backtest.runner import benchmark_symbol
@@ -83,4 +84,5 @@ def build_orchestrator_strategy(
         env_config=env_config,
         warmup_sessions=WARMUP_SESSIONS,
         policy=policy,
+        cache=cache,
     )

@@ -42,6 +42,9 @@ class RiskLimits(_Strict):
         0.30, gt=0, le=1, description="flatten everything when drawdown from peak exceeds this"
     )
     allow_short: bool = False
+    kill_cooldown_sessions: int = Field(
+        21, ge=1, le=252, description="sessions to stay flat after the kill switch, then re-arm"
+    )
 
 
 class RewardWeights(_Strict):
@@ -70,8 +73,8 @@ class TraderProfile(_Strict):
         default_factory=dict, description="tool name -> preference weight in [0, 1]"
     )
     cost_budget_usd: float = Field(0.05, ge=0, description="max tool spend per decision (USD)")
-    notional_usd: float = Field(
-        100_000.0, gt=0, description="USD notional of a full position, to price tools in bps"
+    budget_bps: float = Field(
+        20.0, ge=0, description="reward (bps) a decision must earn to justify spending its whole budget"
     )
     limits: RiskLimits = RiskLimits()
     reward: RewardWeights = RewardWeights()
@@ -94,6 +97,7 @@ class TraderProfile(_Strict):
             math.log(self.holding_period) / math.log(504),
             self.turnover_aversion,
             math.log1p(self.cost_budget_usd * 1000) / math.log1p(1000),
+            min(self.budget_bps * self.reward.tool_cost, 200.0) / 100,
             self.limits.max_position,
             float(self.limits.allow_short),
         ]
@@ -106,6 +110,7 @@ def profile_feature_names(tools: list[str]) -> list[str]:
         "holding_period",
         "turnover_aversion",
         "cost_budget",
+        "tool_cost_pressure",
         "max_position",
         "allow_short",
         *(f"prefers_{t}" for t in tools),

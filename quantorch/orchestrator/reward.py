@@ -2,9 +2,9 @@
 
     R = a * pnl - b * risk - tc - l * tool_cost + g * pref
 
-Every term is a fraction of the notional of a full position (``profile.notional_usd`` times the
-position scale), so the terms add up in one unit; :data:`REWARD_SCALE` converts that unit to
-basis points for the learner. Positions are in [-1, 1] (a fraction of the profile's max
+Every term is a fraction of the notional of a full position, so the terms add up in one unit;
+:data:`REWARD_SCALE` converts that unit to basis points for the learner. Tool cost is priced
+against the trader's per-decision budget (see :func:`tool_cost_term`). Positions are in [-1, 1] (a fraction of the profile's max
 position), returns are simple returns over the horizon from the fill.
 """
 
@@ -52,9 +52,22 @@ def transaction_cost_term(
     return change * (fee_bps + slippage_bps) / 1e4
 
 
-def tool_cost_term(tool_cost_usd: np.ndarray, notional_usd: np.ndarray) -> np.ndarray:
-    """Tools' price as a fraction of the full-position notional (USD / USD, >= 0)."""
-    return np.asarray(tool_cost_usd) / np.asarray(notional_usd)
+def tool_cost_term(
+    tool_cost_usd: np.ndarray, cost_budget_usd: np.ndarray, budget_bps: np.ndarray
+) -> np.ndarray:
+    """Tools' price against the trader's budget: spending the whole per-decision budget costs
+    ``budget_bps`` basis points of reward (as a notional fraction, >= 0).
+
+    The economic cost of a data or LLM call on a full position is a few thousandths of a basis
+    point and would make routing irrelevant; the budget is what the trader says a decision's
+    analysis is worth, so cost is normalised to it (as ToolOrchestra normalises cost).
+    """
+    budget = np.asarray(cost_budget_usd, dtype=np.float64)
+    used = np.divide(
+        np.asarray(tool_cost_usd, dtype=np.float64), budget,
+        out=np.zeros(np.broadcast(budget, np.asarray(tool_cost_usd)).shape), where=budget > 0,
+    )
+    return used * np.asarray(budget_bps) / 1e4
 
 
 def preference_term(
@@ -96,24 +109,25 @@ def decision_reward(
     fee_bps: float,
     slippage_bps: float,
     tool_cost_usd: np.ndarray,
-    notional_usd: np.ndarray,
+    cost_budget_usd: np.ndarray,
+    budget_bps: np.ndarray,
     called: np.ndarray,
     preferences: np.ndarray,
     turnover_aversion: np.ndarray,
     weights: dict[str, np.ndarray],
-    preference_scale: float = 1e-3,
+    preference_scale: float = 5e-3,
 ) -> dict[str, np.ndarray]:
     """All terms and the total, each in reward units (bps of full-position notional).
 
     ``weights`` holds arrays (or scalars) ``pnl``, ``risk``, ``tool_cost``, ``preference`` and
     ``gate`` (1 = gate the preference bonus on a non-negative risk-adjusted P&L).
     ``preference_scale`` converts the unit-less preference term into notional fractions: with
-    the default, a perfect tool fit is worth 10 bps, the order of one day's edge.
+    the default, a perfect tool fit is worth 50 bps, the order of a week's edge.
     """
     pnl = pnl_term(position, forward_return)
     risk = risk_term(position, daily_volatility, horizon, risk_aversion)
     tc = transaction_cost_term(previous_position, position, fee_bps, slippage_bps)
-    tool = tool_cost_term(tool_cost_usd, notional_usd)
+    tool = tool_cost_term(tool_cost_usd, cost_budget_usd, budget_bps)
     pref = preference_term(called, preferences, previous_position, position, turnover_aversion)
     outcome = weights["pnl"] * pnl - weights["risk"] * risk
     gate = np.where(np.asarray(weights["gate"]) > 0, (outcome >= 0).astype(np.float64), 1.0)

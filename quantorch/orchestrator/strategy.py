@@ -86,6 +86,9 @@ class OrchestratorStrategy:
     warmup_sessions: int = 300
     policy: PolicyCheckpoint | None = None
     log: DecisionLog = field(default_factory=DecisionLog)
+    #: Shared between strategies over the same data (``quantorch evaluate``): the tool panels
+    #: and dataset are computed once.
+    cache: dict | None = None
 
     @property
     def name(self) -> str:
@@ -93,12 +96,21 @@ class OrchestratorStrategy:
 
     def target_weights(self, panel: PricePanel, decision_dates: pd.DatetimeIndex) -> pd.DataFrame:
         tickers = panel.tickers
-        market = self.market(panel)
-        panels, latency = slot_panels(market, self.slots, tickers, decision_dates)
-        dataset = build_dataset(
-            panel, panels, decision_dates, tickers, self.horizon, normalisation=self.normalisation
+        key = (
+            tuple(s.key for s in self.slots), tuple(tickers), tuple(panel.dates[[0, -1]]),
+            tuple(decision_dates), self.horizon, id(self.normalisation),
         )
-        raw = {slot.key: frames for slot, frames in panels}
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is None:
+            market = self.market(panel)
+            panels, latency = slot_panels(market, self.slots, tickers, decision_dates)
+            dataset = build_dataset(
+                panel, panels, decision_dates, tickers, self.horizon, normalisation=self.normalisation
+            )
+            cached = (dataset, {slot.key: frames for slot, frames in panels}, latency)
+            if self.cache is not None:
+                self.cache[key] = cached
+        dataset, raw, latency = cached
         prepare = getattr(self.orchestrator, "prepare", None)
         if prepare is not None:  # e.g. the random router matches the policy's cost here
             prepare(dataset, [self.profile], self.env_config)
@@ -123,6 +135,7 @@ class OrchestratorStrategy:
         next_session = dict(zip(sessions[:-1], sessions[1:], strict=True))
         previous_date = None
         row_dates = pd.DatetimeIndex(dataset.dates)
+        cooldown_until: pd.Timestamp | None = None
         for date in decision_dates:
             if previous_date is not None:  # mark the book to market since the last decision
                 window = returns.loc[(returns.index > previous_date) & (returns.index <= date)]
@@ -143,7 +156,13 @@ class OrchestratorStrategy:
             )
             proposed = book.copy()
             proposed[idx] = batch.position * limits.max_position
-            guard = apply_risk_guard(proposed, book, limits, drawdown=equity / peak - 1)
+            if cooldown_until is not None and date >= cooldown_until:
+                cooldown_until, peak = None, equity  # the kill switch re-arms from here
+            drawdown = -1.0 if cooldown_until is not None else equity / peak - 1
+            guard = apply_risk_guard(proposed, book, limits, drawdown=drawdown)
+            if guard.killed and cooldown_until is None:
+                position = sessions.get_loc(date) + limits.kill_cooldown_sessions
+                cooldown_until = sessions[min(position, len(sessions) - 1)]
             book = guard.weights
             weights_out.loc[date] = book
             self._record(date, next_session.get(date), rows, idx, batch, guard, dataset, raw, latency)

@@ -81,7 +81,7 @@ def test_tool_cost_charged_at_call_and_sums_to_the_decision_reward(profiles):
     core = DecisionCore(planted_dataset(50), profiles[:1], EnvConfig(), n=1, auto_reset=False)
     core.load(np.array([7]), np.array([0]), np.array([0.0]))
     _, r_tool, _, _ = core.step(np.array([0]))
-    assert r_tool[0] == pytest.approx(-0.001 / 100_000 * 1e4)
+    assert r_tool[0] == pytest.approx(-0.001 / 0.05 * 20.0)  # share of budget x budget_bps
     _, r_decide, _, info = core.step(np.array([3 + 4]))
     assert r_tool[0] + r_decide[0] == pytest.approx(info["terms"]["total"][0])
 

@@ -47,8 +47,10 @@ def test_transaction_cost_charged_on_any_change(previous, position):
     assert cost == pytest.approx(abs(position - previous) * 6e-4)
 
 
-def test_tool_cost_normalised_to_notional():
-    assert tool_cost_term(np.array(0.01), np.array(100_000.0)) == pytest.approx(1e-7)
+def test_tool_cost_normalised_to_the_budget():
+    # spending half the budget costs half of budget_bps
+    assert tool_cost_term(np.array(0.025), np.array(0.05), np.array(20.0)) == pytest.approx(10e-4)
+    assert tool_cost_term(np.array(0.0), np.array(0.0), np.array(20.0)) == 0  # no budget, no call
 
 
 def test_preference_tool_fit_and_turnover():
@@ -66,7 +68,8 @@ def _reward(**overrides):
     base = dict(
         position=np.array([1.0]), previous_position=np.array([0.0]), forward_return=np.array([0.01]),
         daily_volatility=np.array([0.01]), horizon=5, risk_aversion=np.array([1.0]), fee_bps=1.0,
-        slippage_bps=5.0, tool_cost_usd=np.array([0.01]), notional_usd=np.array([1e5]),
+        slippage_bps=5.0, tool_cost_usd=np.array([0.01]), cost_budget_usd=np.array([0.05]),
+        budget_bps=np.array([20.0]),
         called=np.array([[1, 0]]), preferences=np.array([[1.0, 0.0]]), turnover_aversion=np.array([0.0]),
         weights={"pnl": 1.0, "risk": 1.0, "tool_cost": 1.0, "preference": 1.0, "gate": 1.0},
     )
