@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from quantorch.config import QuantorchConfig
+from quantorch.errors import UserInputError
 from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.orchestrators import make_orchestrator
 from quantorch.orchestrator.policy import PolicyCheckpoint, load_checkpoint
@@ -25,14 +26,24 @@ def load_policies(config: QuantorchConfig, need_all_tools: bool) -> tuple[Policy
     """The routing policy and (when needed) the all-tools decision head, tool set checked."""
     from quantorch.training.data import resolve_slots
 
+    def available(checkpoint: PolicyCheckpoint) -> list:
+        """The checkpoint's slots as the installed tools describe them (unknown ones left out)."""
+        found = []
+        for slot in checkpoint.slots:
+            try:
+                found += resolve_slots([slot.key])
+            except UserInputError:
+                continue
+        return found
+
     policy = load_checkpoint(config.orchestrator.checkpoint or shipped_checkpoint("policy.pt"))
-    policy.check_slots(resolve_slots([s.key for s in policy.slots]))
+    policy.check_slots(available(policy))
     all_tools = None
     if need_all_tools:
         all_tools = load_checkpoint(
             config.orchestrator.all_tools_checkpoint or shipped_checkpoint("all-tools.pt")
         )
-        all_tools.check_slots(resolve_slots([s.key for s in all_tools.slots]))
+        all_tools.check_slots(available(all_tools))
     return policy, all_tools
 
 

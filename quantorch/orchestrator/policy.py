@@ -62,7 +62,7 @@ class PolicyCheckpoint:
             if have is None:
                 raise UserInputError(
                     f"checkpoint {self.meta.get('path', '')} was trained with tool {slot.key}, "
-                    f"which is not available here (tools: {', '.join(sorted(by_key))}); "
+                    f"which is not available here (available: {', '.join(sorted(by_key)) or 'none'}); "
                     "retrain with `quantorch train` or use a matching checkpoint"
                 )
             if tuple(have.features) != tuple(slot.features):
