@@ -96,4 +96,5 @@ def build_orchestrator_strategy(
         warmup_sessions=WARMUP_SESSIONS,
         policy=policy,
         cache=cache,
+        observation_names=list(reference.observation_names) if reference is not None else None,
     )

@@ -22,7 +22,8 @@ import pandas as pd
 
 from quantorch.data.panel import PricePanel
 from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, build_dataset
-from quantorch.orchestrator.env import EnvConfig
+from quantorch.errors import UserInputError
+from quantorch.orchestrator.env import EnvConfig, observation_names
 from quantorch.orchestrator.guard import apply_risk_guard
 from quantorch.orchestrator.orchestrators import Orchestrator, decide
 from quantorch.orchestrator.policy import PolicyCheckpoint
@@ -89,6 +90,8 @@ class OrchestratorStrategy:
     #: Shared between strategies over the same data (``quantorch evaluate``): the tool panels
     #: and dataset are computed once.
     cache: dict | None = None
+    #: The checkpoint's observation layout, checked before deciding (None: not checked).
+    observation_names: list[str] | None = None
 
     @property
     def name(self) -> str:
@@ -111,6 +114,17 @@ class OrchestratorStrategy:
             if self.cache is not None:
                 self.cache[key] = cached
         dataset, raw, latency = cached
+        if self.observation_names is not None:
+            have = observation_names(dataset, sorted({s.tool for s in dataset.slots}))
+            if have != self.observation_names:
+                changed = next(
+                    (a for a, b in zip(self.observation_names, have, strict=False) if a != b),
+                    f"{len(self.observation_names)} vs {len(have)} inputs",
+                )
+                raise UserInputError(
+                    "the checkpoint was trained on another observation layout (first difference: "
+                    f"{changed}); retrain it with `quantorch train`"
+                )
         prepare = getattr(self.orchestrator, "prepare", None)
         if prepare is not None:  # e.g. the random router matches the policy's cost here
             prepare(dataset, [self.profile], self.env_config)
