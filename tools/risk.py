@@ -3,15 +3,24 @@
 Providers: ``fast`` (rolling measures) and ``full`` (adds 99% VaR/CVaR and a GARCH(1,1)
 one-day-ahead volatility forecast from the ``arch`` package).
 
-GARCH refit rule: parameters are fitted at the last session of each quarter on the 500 daily
-returns up to and including it (fewer at the start of the data, at least 250), and the
-conditional variance is filtered forward day by day with those parameters until the next
-refit. The value at t therefore uses only returns up to t, and a single call on data
-truncated at t, which refits at the same quarter ends, gives the same number.
+The measures are plain functions on (sessions x tickers) arrays of simple daily returns, in
+the style of ``skfolio.measures``; the tool class only moves data in and out. Every function is
+causal: row t uses rows up to t only.
+
+GARCH refit rule. Parameters are fitted at the last XNYS session of each calendar quarter on
+the (at most) 500 daily returns up to and including it (at least 250), and the conditional
+variance is filtered forward day by day with those parameters until the next refit. A
+quarter's refit day comes from the exchange calendar, not from the data, so it does not move
+when more or less history is loaded. The value at t depends only on the last refit on or
+before t and the returns between it and t, so a single call on data truncated at t fits
+exactly once (at that refit) and gives the same number as the whole-panel computation, which
+fits at every quarter end.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import warnings
 
@@ -19,9 +28,36 @@ import numpy as np
 import pandas as pd
 
 from quantorch.toolkit.base import PanelTool
-from quantorch.toolkit.spec import MarketData, OutputField, ProviderSpec, ToolSpec
+from quantorch.toolkit.spec import (
+    MarketData,
+    OutputField,
+    ProviderSpec,
+    ToolRequest,
+    ToolResult,
+    ToolSpec,
+)
+
+__all__ = [
+    "SPEC",
+    "TOOL",
+    "RiskTool",
+    "realised_volatility",
+    "ewma_volatility",
+    "historical_var_cvar",
+    "drawdown",
+    "beta_correlation",
+    "downside_deviation",
+    "garch_volatility",
+    "quarter_end_sessions",
+]
 
 ANNUAL = math.sqrt(252)
+EWMA_LAMBDA = 0.94
+TAIL_WINDOW = 252
+BETA_WINDOW = 252
+GARCH_WINDOW = 500
+GARCH_MIN_OBS = 250
+
 _FAST = (
     OutputField(name="vol21", description="realised volatility, 21 sessions", unit="annualised fraction"),
     OutputField(name="vol63", description="realised volatility, 63 sessions", unit="annualised fraction"),
@@ -29,7 +65,7 @@ _FAST = (
     OutputField(name="ewma_vol", description="EWMA volatility, lambda 0.94 (RiskMetrics)", unit="annualised fraction"),
     OutputField(name="var95", description="historical 1-day 95% VaR over 252 sessions (a loss, > 0)", unit="fraction"),
     OutputField(name="cvar95", description="historical 1-day 95% CVaR over 252 sessions (a loss, > 0)", unit="fraction"),
-    OutputField(name="drawdown", description="close / running peak - 1 (<= 0)", unit="fraction"),
+    OutputField(name="drawdown", description="close / running peak close of the history - 1 (<= 0)", unit="fraction"),
     OutputField(name="beta252", description="beta to the benchmark over 252 sessions", unit="ratio"),
     OutputField(name="corr252", description="correlation with the benchmark over 252 sessions", unit="ratio"),
     OutputField(name="downside_dev63", description="downside deviation (target 0), 63 sessions", unit="annualised fraction"),
@@ -49,116 +85,296 @@ SPEC = ToolSpec(
     ),
     outputs=_FAST + _FULL_ONLY,
     providers=(
+        # Prices and latencies (measured p50 of a single call): see docs/tools.md. `full` pays
+        # for one GARCH maximum-likelihood fit per call.
         ProviderSpec(name="fast", description="rolling risk measures", usd_per_call=0.001,
-                     expected_latency_ms=5, outputs=tuple(f.name for f in _FAST)),
+                     expected_latency_ms=12, outputs=tuple(f.name for f in _FAST)),
         ProviderSpec(name="full", description="adds 99% tail risk and a GARCH(1,1) forecast",
-                     usd_per_call=0.005, expected_latency_ms=60),
+                     usd_per_call=0.005, expected_latency_ms=40),
     ),
     default_provider="fast",
 )
 
 
-def _tail(returns: np.ndarray, window: int, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rolling historical VaR and CVaR (positive losses) of one return series."""
-    n = len(returns)
-    var = np.full(n, np.nan)
-    cvar = np.full(n, np.nan)
-    if n < window:
-        return var, cvar
-    windows = np.lib.stride_tricks.sliding_window_view(returns, window)
-    k = max(1, int(math.ceil(window * (1 - level))))
-    worst = np.partition(windows, k - 1, axis=1)[:, :k]
-    ok = np.isfinite(windows).all(axis=1)
-    var[window - 1 :] = np.where(ok, -worst.max(axis=1), np.nan)
-    cvar[window - 1 :] = np.where(ok, -worst.mean(axis=1), np.nan)
+# ---- measures: functions on (sessions x tickers) arrays of simple returns -------------------
+
+
+def _frame(values: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(np.asarray(values, dtype=np.float64).reshape(len(values), -1))
+
+
+def realised_volatility(returns: np.ndarray, window: int) -> np.ndarray:
+    """Annualised sample standard deviation of the last ``window`` returns (NaN if any missing)."""
+    return (_frame(returns).rolling(window, min_periods=window).std() * ANNUAL).to_numpy()
+
+
+def ewma_volatility(returns: np.ndarray, lam: float = EWMA_LAMBDA, min_obs: int = 21) -> np.ndarray:
+    """Annualised RiskMetrics EWMA volatility: s2_t = lam * s2_{t-1} + (1 - lam) * r_t^2.
+
+    Seeded with the first squared return; a missing return leaves the estimate unchanged. NaN
+    until ``min_obs`` returns have been seen.
+    """
+    frame = _frame(returns)
+    squared = (frame**2).ewm(alpha=1 - lam, adjust=False, ignore_na=True).mean()
+    seen = frame.notna().cumsum()
+    return (np.sqrt(squared).where(seen >= min_obs) * ANNUAL).to_numpy()
+
+
+@functools.cache
+def _tail_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(returns, window, k, var_out, cvar_out):  # pragma: no cover - compiled
+        # Keeps the k smallest finite returns of the window, sorted. A new return enters if it
+        # is smaller than the largest kept; when a kept return leaves the window (chance about
+        # k / window), the k smallest are selected again from the whole window.
+        n, m = returns.shape
+        smallest = np.empty(k)
+        for j in range(m):
+            size = 0
+            missing = 0
+            for t in range(n):
+                rebuild = False
+                if t >= window:
+                    old = returns[t - window, j]
+                    if not np.isfinite(old):
+                        missing -= 1
+                    elif size > 0 and old <= smallest[size - 1]:
+                        rebuild = True
+                value = returns[t, j]
+                if not np.isfinite(value):
+                    missing += 1
+                if rebuild:
+                    size = 0
+                    for row in range(max(0, t - window + 1), t + 1):
+                        candidate = returns[row, j]
+                        if np.isfinite(candidate) and (size < k or candidate < smallest[size - 1]):
+                            pos = size if size < k else k - 1
+                            while pos > 0 and smallest[pos - 1] > candidate:
+                                if pos < k:
+                                    smallest[pos] = smallest[pos - 1]
+                                pos -= 1
+                            smallest[pos] = candidate
+                            if size < k:
+                                size += 1
+                elif np.isfinite(value) and (size < k or value < smallest[size - 1]):
+                    pos = size if size < k else k - 1
+                    while pos > 0 and smallest[pos - 1] > value:
+                        if pos < k:
+                            smallest[pos] = smallest[pos - 1]
+                        pos -= 1
+                    smallest[pos] = value
+                    if size < k:
+                        size += 1
+                if t >= window - 1 and missing == 0:
+                    var_out[t, j] = -smallest[k - 1]
+                    total = 0.0
+                    for i in range(k):
+                        total += smallest[i]
+                    cvar_out[t, j] = -total / k
+
+    return kernel
+
+
+def historical_var_cvar(
+    returns: np.ndarray, window: int = TAIL_WINDOW, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rolling historical VaR and CVaR at ``level`` as positive losses.
+
+    Over each window of ``window`` returns (NaN if any is missing) with the k = ceil(window *
+    (1 - level)) worst returns, VaR is minus the k-th worst and CVaR minus their mean (for 252
+    sessions: the 13th worst day at 95%, the 3rd worst at 99%).
+    """
+    values = np.ascontiguousarray(_frame(returns).to_numpy())
+    var = np.full(values.shape, np.nan)
+    cvar = np.full(values.shape, np.nan)
+    k = max(1, math.ceil(round(window * (1 - level), 9)))
+    if len(values) >= window:
+        _tail_kernel()(values, window, k, var, cvar)
     return var, cvar
 
 
-def _quarter_end_sessions(index: pd.DatetimeIndex) -> np.ndarray:
-    """True where the date is the last XNYS session of its quarter (calendar, not data)."""
+def drawdown(close: np.ndarray) -> np.ndarray:
+    """Close over the running peak close of the history given, minus one (<= 0)."""
+    frame = _frame(close)
+    return (frame / frame.cummax() - 1).to_numpy()
+
+
+def beta_correlation(
+    returns: np.ndarray, benchmark_returns: np.ndarray, window: int = BETA_WINDOW
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rolling beta and correlation of each column to the benchmark over ``window`` sessions.
+
+    A window counts only if the stock and the benchmark both have all ``window`` returns.
+    """
+    stock = _frame(returns)
+    bench = pd.Series(np.asarray(benchmark_returns, dtype=np.float64))
+    paired = stock.notna() & bench.notna().to_numpy()[:, None]
+    x = stock.where(paired)
+    y = pd.DataFrame(np.broadcast_to(bench.to_numpy()[:, None], x.shape)).where(paired)
+
+    def mean(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.rolling(window, min_periods=window).mean()
+
+    mx, my = mean(x), mean(y)
+    covariance = mean(x * y) - mx * my
+    var_x = (mean(x * x) - mx * mx).clip(lower=0)
+    var_y = (mean(y * y) - my * my).clip(lower=0)
+    beta = (covariance / var_y.where(var_y > 0)).to_numpy()
+    corr = (covariance / np.sqrt(var_x * var_y).where((var_x > 0) & (var_y > 0))).clip(-1, 1)
+    return beta, corr.to_numpy()
+
+
+def downside_deviation(returns: np.ndarray, window: int = 63, target: float = 0.0) -> np.ndarray:
+    """Annualised root mean squared shortfall below ``target`` over ``window`` sessions."""
+    shortfall = np.minimum(_frame(returns) - target, 0.0) ** 2
+    return (np.sqrt(shortfall.rolling(window, min_periods=window).mean()) * ANNUAL).to_numpy()
+
+
+@functools.cache
+def _last_session_of_quarter(quarter: pd.Period) -> pd.Timestamp | None:
     from quantorch.data import calendar
 
-    if len(index) == 0:
+    sessions = calendar.sessions(quarter.start_time, quarter.end_time.normalize())
+    return sessions[-1] if len(sessions) else None
+
+
+def quarter_end_sessions(dates: pd.DatetimeIndex) -> np.ndarray:
+    """True where the date is the last XNYS session of its calendar quarter."""
+    if len(dates) == 0:
         return np.zeros(0, dtype=bool)
-    quarters = index.to_period("Q")
-    last_session = {}
-    for quarter in quarters.unique():
-        sessions = calendar.sessions(quarter.start_time, quarter.end_time.normalize())
-        last_session[quarter] = sessions[-1] if len(sessions) else None
-    return np.array([last_session[q] == d for q, d in zip(quarters, index, strict=True)])
+    quarters = dates.to_period("Q")
+    last = {q: _last_session_of_quarter(q) for q in quarters.unique()}
+    return np.array([last[q] == d for q, d in zip(quarters, dates, strict=True)], dtype=bool)
 
 
-def _garch(returns: pd.Series) -> np.ndarray:
-    """One-day-ahead GARCH(1,1) volatility (daily) per session; quarter-end refits."""
+def _garch_fit(history: np.ndarray) -> tuple[tuple[float, float, float], float] | None:
+    """GARCH(1,1) parameters on percent returns and the variance forecast for the next day."""
     from arch import arch_model
 
-    values = returns.to_numpy(dtype=np.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = arch_model(history * 100, mean="Zero", vol="GARCH", p=1, q=1,
+                             rescale=False).fit(disp="off", show_warning=False)
+    except Exception:  # noqa: BLE001 - an optimiser failure: keep the previous parameters
+        return None
+    omega, alpha, beta = (float(fit.params[k]) for k in ("omega", "alpha[1]", "beta[1]"))
+    if not all(math.isfinite(v) for v in (omega, alpha, beta)):
+        return None
+    last_variance = float(fit.conditional_volatility[-1]) ** 2
+    return (omega, alpha, beta), omega + alpha * (history[-1] * 100) ** 2 + beta * last_variance
+
+
+def garch_volatility(
+    returns: np.ndarray,
+    refit: np.ndarray,
+    *,
+    window: int = GARCH_WINDOW,
+    min_obs: int = GARCH_MIN_OBS,
+    last_only: bool = False,
+) -> np.ndarray:
+    """Annualised GARCH(1,1) one-day-ahead volatility for one return series (1-D).
+
+    Parameters are fitted at the rows where ``refit`` is True on the last ``window`` finite
+    returns (skipped with fewer than ``min_obs`` or a failed fit: the previous parameters go
+    on), then the variance is filtered forward. ``last_only`` computes just what the last row
+    needs (the last successful refit onwards) and gives the same last value.
+    """
+    values = np.asarray(returns, dtype=np.float64)
     out = np.full(len(values), np.nan)
-    ends = np.flatnonzero(_quarter_end_sessions(returns.index))
-    params = None
-    variance = np.nan
-    end_pointer = 0
-    for t in range(len(values)):
-        if params is not None and np.isfinite(values[t]):
+    refits = np.flatnonzero(refit)
+
+    def fit_at(row: int):
+        history = values[max(0, row - window + 1) : row + 1]
+        history = history[np.isfinite(history)]
+        return _garch_fit(history) if len(history) >= min_obs else None
+
+    fits: dict[int, tuple[tuple[float, float, float], float]] = {}
+    if last_only:
+        for row in refits[::-1]:
+            fitted = fit_at(int(row))
+            if fitted is not None:
+                fits[int(row)] = fitted
+                break
+    else:
+        for row in refits:
+            fitted = fit_at(int(row))
+            if fitted is not None:
+                fits[int(row)] = fitted
+    if not fits:
+        return out
+    start = min(fits)
+    params, variance = fits[start]
+    out[start] = math.sqrt(variance)
+    for t in range(start + 1, len(values)):
+        if t in fits:
+            params, variance = fits[t]
+            out[t] = math.sqrt(variance)
+            continue
+        if np.isfinite(values[t]):
             omega, alpha, beta = params
             variance = omega + alpha * (values[t] * 100) ** 2 + beta * variance
-            out[t] = math.sqrt(variance) / 100
-        if end_pointer < len(ends) and ends[end_pointer] == t:
-            end_pointer += 1
-            history = values[max(0, t - 499) : t + 1]
-            history = history[np.isfinite(history)]
-            if len(history) < 250:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit = arch_model(history * 100, mean="Zero", vol="GARCH", p=1, q=1,
-                                 rescale=False).fit(disp="off", show_warning=False)
-            omega, alpha, beta = (float(fit.params[k]) for k in ("omega", "alpha[1]", "beta[1]"))
-            params = (omega, alpha, beta)
-            variance = float(fit.conditional_volatility[-1] ** 2)
-            variance = omega + alpha * (history[-1] * 100) ** 2 + beta * variance
-            out[t] = math.sqrt(variance) / 100
-    return out
+            out[t] = math.sqrt(variance)
+    return out / 100 * ANNUAL
+
+
+# ---- the tool ---------------------------------------------------------------------------------
+
+#: Set while a single call runs: GARCH fits only the refit its last row needs.
+_SINGLE_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("risk_single_call", default=False)
 
 
 class RiskTool(PanelTool):
     spec = SPEC
 
+    def run(self, request: ToolRequest, data: MarketData, provider: ProviderSpec) -> ToolResult:
+        # The runner passes data already cut at asof; cutting again costs little and keeps a
+        # direct call on whole data correct, since GARCH then computes only the last row.
+        token = _SINGLE_CALL.set(True)
+        try:
+            return super().run(request, data.truncate(request.asof), provider)
+        finally:
+            _SINGLE_CALL.reset(token)
+
     def series(self, data: MarketData, provider: ProviderSpec, tickers: list[str]) -> dict[str, pd.DataFrame]:
-        close = data.prices.close.reindex(columns=tickers)
-        returns = close.pct_change(fill_method=None)
-        out: dict[str, pd.DataFrame] = {}
-        out["vol21"] = returns.rolling(21, min_periods=21).std() * ANNUAL
-        out["vol63"] = returns.rolling(63, min_periods=63).std() * ANNUAL
-        out["vol252"] = returns.rolling(252, min_periods=252).std() * ANNUAL
-        squared = (returns**2).ewm(alpha=0.06, adjust=False, ignore_na=True).mean()
-        out["ewma_vol"] = np.sqrt(squared).where(returns.notna().cumsum() >= 21) * ANNUAL
-        levels = [0.95, 0.99] if provider.name == "full" else [0.95]
-        for level in levels:
-            var = np.full(close.shape, np.nan)
-            cvar = np.full(close.shape, np.nan)
-            for j, ticker in enumerate(tickers):
-                var[:, j], cvar[:, j] = _tail(returns[ticker].to_numpy(dtype=np.float64), 252, level)
-            tag = int(round(level * 100))
-            out[f"var{tag}"] = pd.DataFrame(var, index=close.index, columns=tickers)
-            out[f"cvar{tag}"] = pd.DataFrame(cvar, index=close.index, columns=tickers)
-        out["drawdown"] = close / close.cummax() - 1
+        with np.errstate(divide="ignore", invalid="ignore"):  # bad bars give NaN, not warnings
+            return self._series(data, provider, tickers)
+
+    def _series(self, data: MarketData, provider: ProviderSpec, tickers: list[str]) -> dict[str, pd.DataFrame]:
+        close_frame = data.prices.close.reindex(columns=tickers)
+        index = close_frame.index
+        close = close_frame.to_numpy(dtype=np.float64)
+        returns = close_frame.pct_change(fill_method=None).to_numpy()
+        out: dict[str, np.ndarray] = {
+            "vol21": realised_volatility(returns, 21),
+            "vol63": realised_volatility(returns, 63),
+            "vol252": realised_volatility(returns, 252),
+            "ewma_vol": ewma_volatility(returns),
+        }
+        full = provider.name == "full"
+        for level in (0.95, 0.99) if full else (0.95,):
+            tag = round(level * 100)
+            out[f"var{tag}"], out[f"cvar{tag}"] = historical_var_cvar(returns, TAIL_WINDOW, level)
+        out["drawdown"] = drawdown(close)
         if data.benchmark is not None:
-            bench = data.benchmark.reindex(close.index).pct_change(fill_method=None)
-            covariance = returns.rolling(252, min_periods=252).cov(bench)
-            out["beta252"] = covariance / bench.rolling(252, min_periods=252).var().to_numpy()[:, None]
-            out["corr252"] = returns.rolling(252, min_periods=252).corr(bench)
+            bench = data.benchmark.reindex(index).pct_change(fill_method=None).to_numpy()
+            out["beta252"], out["corr252"] = beta_correlation(returns, bench, BETA_WINDOW)
         else:
-            out["beta252"] = pd.DataFrame(np.nan, index=close.index, columns=tickers)
-            out["corr252"] = out["beta252"].copy()
-        downside = np.minimum(returns, 0.0) ** 2
-        out["downside_dev63"] = np.sqrt(downside.rolling(63, min_periods=63).mean()) * ANNUAL
-        if provider.name == "full":
-            garch = np.full(close.shape, np.nan)
-            for j, ticker in enumerate(tickers):
-                garch[:, j] = _garch(returns[ticker]) * ANNUAL
-            out["garch_vol"] = pd.DataFrame(garch, index=close.index, columns=tickers)
-        return out
+            out["beta252"] = np.full(close.shape, np.nan)
+            out["corr252"] = np.full(close.shape, np.nan)
+        out["downside_dev63"] = downside_deviation(returns, 63)
+        if full:
+            refit = quarter_end_sessions(pd.DatetimeIndex(index))
+            last_only = _SINGLE_CALL.get()
+            out["garch_vol"] = np.column_stack(
+                [garch_volatility(returns[:, j], refit, last_only=last_only) for j in range(len(tickers))]
+            ) if tickers else np.full(close.shape, np.nan)
+        return {
+            name: pd.DataFrame(values, index=index, columns=tickers, copy=False)
+            for name, values in out.items()
+        }
 
     def summarise(self, ticker: str, features: dict[str, float], provider: ProviderSpec) -> str:
         def pct(key: str) -> str:
@@ -171,7 +387,7 @@ class RiskTool(PanelTool):
         if math.isfinite(beta):
             text += f", beta {beta:.2f}"
         if provider.name == "full":
-            text += f", GARCH vol {pct('garch_vol')}"
+            text += f", 99% VaR {pct('var99')}, GARCH vol {pct('garch_vol')}"
         return text
 
 

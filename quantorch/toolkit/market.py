@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from quantorch.data import calendar
 from quantorch.data.service import ensure_prices, load_panel, stored_coverage
+from quantorch.errors import UnknownTickerError
 from quantorch.store import Store
 from quantorch.toolkit.spec import MarketData
 
-__all__ = ["load_market_data", "FACTOR_TICKERS"]
+__all__ = ["load_market_data", "load_ticker_history", "FACTOR_TICKERS"]
+
+#: Where a single call's history starts at the latest (the exchange calendar's first year).
+EARLIEST = dt.date(1985, 1, 1)
 
 #: Style-factor ETFs (value, quality, momentum, size, low volatility), from the sample source.
 FACTOR_TICKERS = ("VLUE", "QUAL", "MTUM", "SIZE", "USMV")
@@ -37,6 +42,8 @@ def load_market_data(
     bench = None
     if benchmark:
         bench = load_panel(store, source, [benchmark], start, end).close[benchmark]
+        if not bench.notna().any():  # not stored for this source: tools report beta as n/a
+            bench = None
     factors = None
     if not set(FACTOR_TICKERS) <= set(stored_coverage(store, "sample")):
         ensure_prices(store, "sample", list(FACTOR_TICKERS), start, end)
@@ -67,3 +74,37 @@ def load_market_data(
         fundamentals=fundamentals if len(fundamentals) else None,
         news=news if len(news) else None,
     )
+
+
+def load_ticker_history(
+    store: Store,
+    source: str,
+    ticker: str,
+    *,
+    benchmark: str | None = None,
+    on_request: Callable[[str], None] | None = None,
+) -> MarketData:
+    """Everything a single call about ``ticker`` may read: its whole history from ``source``.
+
+    Fetches what the store lacks (the ticker's full history, the benchmark's, the factor
+    ETFs'), then loads it; the runner cuts it at the call's ``asof``. Loading the whole
+    history, rather than a window ending at ``asof``, lets the runner say precisely when an
+    ``asof`` falls outside the data. A benchmark the source does not know is left out (the
+    tools then report beta and correlation as not covered).
+
+    Raises
+    ------
+    UnknownTickerError
+        The source does not know ``ticker`` (with a suggestion), or holds no bar for it.
+    """
+    last = calendar.last_completed_session().date()
+    ensure_prices(store, source, [ticker], EARLIEST, last, on_request=on_request)
+    if benchmark and benchmark != ticker:
+        try:
+            ensure_prices(store, source, [benchmark], EARLIEST, last, on_request=on_request)
+        except UnknownTickerError:
+            benchmark = None
+    span = stored_coverage(store, source).get(ticker)
+    if span is None:
+        raise UnknownTickerError(f"no {source} price bars stored for ticker '{ticker}'")
+    return load_market_data(store, source, [ticker], span[0], span[1], benchmark=benchmark)
