@@ -52,32 +52,15 @@ app.add_typer(data_app, name="data")
 
 def _register_commands() -> None:
     """Command groups that live in their own modules."""
-    from quantorch.cli import orchestrator_cmd
+    from quantorch.cli import news_cmd, orchestrator_cmd, query_cmd
     from quantorch.cli.profile_cmd import profile_app
+    from quantorch.cli.tools_cmd import tools_app
 
     app.add_typer(profile_app, name="profile")
+    app.add_typer(tools_app, name="tools")
     orchestrator_cmd.register(app)
-    try:
-        from quantorch.cli.tools_cmd import tools_app
-    except ImportError:  # the tool layer is not installed in this build
-        tools_app = None
-    if tools_app is not None:
-        app.add_typer(tools_app, name="tools")
-    for module in ("quantorch.cli.news_cmd", "quantorch.cli.query_cmd"):
-        try:
-            registrar = __import__(module, fromlist=["register"])
-        except ImportError:
-            continue
-        registrar.register(data_app if module.endswith("news_cmd") else app)
-
-def _fmt(key: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if key in {"sharpe", "sortino", "calmar", "turnover", "exposure"}:
-        return f"{value:,.2f}"
-    if key in {"fees_paid", "slippage_paid"}:
-        return f"{value:,.0f}"
-    return f"{value:+.2%}" if key != "volatility" else f"{value:.2%}"
+    query_cmd.register(app)
+    news_cmd.register(data_app)
 
 
 _METRIC_LABELS = {
