@@ -220,7 +220,10 @@ def factor_exposures(
         if len(rows) == 0:
             continue
         a = xtx[rows]
-        well_posed = np.linalg.cond(a) < 1e10
+        # X'X is symmetric positive semi-definite: its condition number is the ratio of its
+        # extreme eigenvalues (eigvalsh is ~4x cheaper than the SVD behind np.linalg.cond)
+        eigen = np.linalg.eigvalsh(a)
+        well_posed = eigen[:, 0] > eigen[:, -1] * 1e-10
         rows, a = rows[well_posed], a[well_posed]
         if len(rows) == 0:
             continue
