@@ -191,6 +191,18 @@ def _rolling_sum(values: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
+def _inverse(xtx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses of a stack of X'X matrices and whether each is well conditioned.
+
+    X'X is symmetric positive semi-definite: its condition number is the ratio of its extreme
+    eigenvalues. Ill-conditioned (or empty) windows get an identity placeholder and False.
+    """
+    eigen = np.linalg.eigvalsh(xtx)
+    good = eigen[:, 0] > np.maximum(eigen[:, -1], 1e-300) * 1e-10
+    safe = np.where(good[:, None, None], xtx, np.eye(xtx.shape[1]))
+    return np.linalg.inv(safe), good
+
+
 def factor_exposures(
     stock_returns: pd.DataFrame, market_returns: pd.Series, factor_returns: pd.DataFrame
 ) -> dict[str, pd.DataFrame]:
@@ -205,29 +217,37 @@ def factor_exposures(
     out = {
         name: np.full(stock_returns.shape, np.nan) for name in [*names, "market_beta", "factor_r2"]
     }
+    # The design is shared by every stock: X'X, its conditioning and its inverse are computed
+    # once. A stock's window uses them when the stock has a return on every session of the
+    # window where the factors have one; otherwise (a gap in the stock's data) its own X'X.
+    # Which path a row takes depends only on data up to that row, so a single call on data
+    # truncated at t takes the same path and gives the same bits as the panel.
+    x = np.where(x_ok[:, None], design, 0.0)
+    shared_count = _rolling_sum(x_ok.astype(np.float64), WINDOW)
+    shared_inverse, shared_good = _inverse(_rolling_sum(np.einsum("ni,nj->nij", x, x), WINDOW))
     for j, ticker in enumerate(stock_returns.columns):
         y = stock_returns[ticker].to_numpy(dtype=np.float64)
-        ok = x_ok & np.isfinite(y)
-        x = np.where(ok[:, None], design, 0.0)
+        finite = np.isfinite(y)
+        ok = x_ok & finite
         yy = np.where(ok, y, 0.0)
-        count = _rolling_sum(ok.astype(np.float64), WINDOW)
-        xtx = _rolling_sum(np.einsum("ni,nj->nij", x, x), WINDOW)
+        missing = _rolling_sum((x_ok & ~finite).astype(np.float64), WINDOW)
+        count = shared_count - missing
         xty = _rolling_sum(x * yy[:, None], WINDOW)
         yty = _rolling_sum(yy * yy, WINDOW)
         ysum = _rolling_sum(yy, WINDOW)
-        usable = (count >= MIN_OBS) & np.isfinite(y)
-        rows = np.flatnonzero(usable)
+        usable = (count >= MIN_OBS) & finite
+        inverse = shared_inverse
+        good = shared_good
+        if (usable & (missing > 0)).any():  # gaps in this stock's data: its own X'X there
+            xs = np.where(ok[:, None], design, 0.0)
+            own_inverse, own_good = _inverse(_rolling_sum(np.einsum("ni,nj->nij", xs, xs), WINDOW))
+            gap = missing > 0
+            inverse = np.where(gap[:, None, None], own_inverse, shared_inverse)
+            good = np.where(gap, own_good, shared_good)
+        rows = np.flatnonzero(usable & good)
         if len(rows) == 0:
             continue
-        a = xtx[rows]
-        # X'X is symmetric positive semi-definite: its condition number is the ratio of its
-        # extreme eigenvalues (eigvalsh is ~4x cheaper than the SVD behind np.linalg.cond)
-        eigen = np.linalg.eigvalsh(a)
-        well_posed = eigen[:, 0] > eigen[:, -1] * 1e-10
-        rows, a = rows[well_posed], a[well_posed]
-        if len(rows) == 0:
-            continue
-        beta = np.linalg.solve(a, xty[rows][:, :, None])[:, :, 0]
+        beta = np.einsum("nij,nj->ni", inverse[rows], xty[rows])
         sse = yty[rows] - np.einsum("ni,ni->n", beta, xty[rows])
         sst = yty[rows] - ysum[rows] ** 2 / count[rows]
         r2 = np.where(sst > 0, 1 - sse / sst, np.nan)
