@@ -101,7 +101,7 @@ class OrchestratorConfig(_Strict):
 class TrainingConfig(_Strict):
     """Walk-forward periods and length of PPO training (``quantorch train``)."""
 
-    train_start: dt.date = dt.date(2015, 1, 1)
+    train_start: dt.date = dt.date(2005, 1, 1)
     train_end: dt.date = dt.date(2018, 12, 31)
     val_start: dt.date = dt.date(2019, 1, 1)
     val_end: dt.date = dt.date(2019, 12, 31)
