@@ -63,6 +63,16 @@ def _register_commands() -> None:
     news_cmd.register(data_app)
 
 
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if key in {"sharpe", "sortino", "calmar", "turnover", "exposure"}:
+        return f"{value:,.2f}"
+    if key in {"fees_paid", "slippage_paid"}:
+        return f"{value:,.0f}"
+    return f"{value:+.2%}" if key != "volatility" else f"{value:.2%}"
+
+
 _METRIC_LABELS = {
     "total_return": "Total return",
     "cagr": "CAGR",
