@@ -187,14 +187,6 @@ def _reader(store: Store) -> Iterator[tuple[duckdb.DuckDBPyConnection, tuple[str
         yield con, notices
 
 
-def _version(con: duckdb.DuckDBPyConnection) -> int:
-    try:
-        row = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        return int(row[0])
-    except duckdb.CatalogException:
-        return 0
-
-
 def _has_statement(sql: str) -> bool:
     try:
         return bool(duckdb.extract_statements(sql))

@@ -362,7 +362,7 @@ def _store_run(
             "benchmark_equity": (
                 bench_equity.reindex(result.equity.index).to_numpy()
                 if bench_equity is not None
-                else float("nan")
+                else None  # stored as NULL: no benchmark
             ),
         }
     )
