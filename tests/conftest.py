@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quantorch.data.panel import PRICE_COLUMNS, PricePanel
+from quantorch.data.panel import PricePanel
 
 
 @pytest.fixture(scope="session")
@@ -39,20 +39,9 @@ def arch_bars() -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="session")
 def ohlcv_panel(arch_bars: dict[str, pd.DataFrame]) -> PricePanel:
     """OHLCV panel of ^GSPC and ^IXIC built like the store does (``PricePanel.from_long``)."""
-    parts = []
-    for ticker, frame in arch_bars.items():
-        long = frame.rename(
-            columns={
-                "Open": "open",
-                "High": "high",
-                "Low": "low",
-                "Close": "close",
-                "Adj Close": "adj_close",
-                "Volume": "volume",
-            }
-        ).reset_index()
-        long["ticker"] = ticker
-        parts.append(long[list(PRICE_COLUMNS)])
+    from quantorch.data.providers.sample import _ohlcv  # the sample provider's own mapping
+
+    parts = [_ohlcv(ticker, frame) for ticker, frame in arch_bars.items()]
     long = pd.concat(parts, ignore_index=True)
     index = pd.DatetimeIndex(sorted(long["date"].unique())).as_unit("ns").rename("date")
     return PricePanel.from_long(long, index, list(arch_bars))
