@@ -9,7 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from quantorch.cli._common import ConfigOpt, DbOpt, DebugOpt, JsonOpt, guard, load, open_store, out
+from quantorch.cli._common import (
+    ConfigOpt,
+    DateFormatOpt,
+    DbOpt,
+    DebugOpt,
+    JsonOpt,
+    guard,
+    load,
+    open_store,
+    out,
+)
 
 __all__ = ["register"]
 
@@ -77,6 +87,7 @@ def register(data_app: typer.Typer) -> None:
                 "(default: UTC, and the import says so).",
             ),
         ] = None,
+        date_format: DateFormatOpt = None,
         json_output: JsonOpt = False,
         config: ConfigOpt = None,
         db: DbOpt = None,
@@ -84,13 +95,17 @@ def register(data_app: typer.Typer) -> None:
     ) -> None:
         """Import news items for the sentiment tool; a bad file writes nothing.
 
+        published_at is read exactly: ISO 8601 with or without an offset, else --date-format.
+
         Example: quantorch data import-news stocknet_tweets.csv.gz --map headline=text
         """
         with guard(debug):
             from quantorch.data.news import import_news, read_news_file
 
             cfg = load(config, {})
-            frame, notes = read_news_file(file, mapping=mapping, source=source, timezone=timezone)
+            frame, notes = read_news_file(
+                file, mapping=mapping, source=source, timezone=timezone, date_format=date_format
+            )
             store = open_store(cfg, db)
             report = import_news(store, frame, notes)
             _report(report, file, store.path, "items", json_output)
@@ -105,6 +120,7 @@ def register(data_app: typer.Typer) -> None:
         ],
         mapping: _MapOpt = None,
         source: _FeedOpt = None,
+        date_format: DateFormatOpt = None,
         json_output: JsonOpt = False,
         config: ConfigOpt = None,
         db: DbOpt = None,
@@ -112,13 +128,17 @@ def register(data_app: typer.Typer) -> None:
     ) -> None:
         """Import point-in-time statement items (usable from filed_at); a bad file writes nothing.
 
+        period_end and filed_at are read exactly: ISO dates, else --date-format.
+
         Example: quantorch data import-fundamentals sec_fundamentals.csv.gz
         """
         with guard(debug):
             from quantorch.data.fundamentals import import_fundamentals, read_fundamentals_file
 
             cfg = load(config, {})
-            frame = read_fundamentals_file(file, mapping=mapping, source=source)
+            frame = read_fundamentals_file(
+                file, mapping=mapping, source=source, date_format=date_format
+            )
             store = open_store(cfg, db)
             report = import_fundamentals(store, frame)
             _report(report, file, store.path, "rows", json_output)

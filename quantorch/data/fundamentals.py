@@ -8,10 +8,12 @@ are lower-cased; the ``fundamental`` tool's ``file`` provider reads ``net_income
 ``operating_cf_q``, ``capex_q``, ``free_cash_flow_q`` (standalone quarters), ``total_assets``
 and ``equity`` (USD), as in the SEC extract ``sec_fundamentals.csv.gz``.
 
-The whole file is validated before anything is written: missing columns, unparseable dates, a
-filing dated before the end of its period, empty tickers or metrics, non-numeric or infinite
-values and duplicate (ticker, period_end, metric, source) rows each stop the import with the
-first offending row named. Re-importing the same file changes nothing; a row whose value or
+The whole file is validated before anything is written: missing columns, dates that are not ISO
+(or do not match ``date_format``, ``--date-format``), numbers as dates, dates before 1900 or
+after tomorrow, a filing dated before the end of its period, empty or numeric tickers, empty
+metrics, missing, non-numeric, True/False or infinite values and duplicate (ticker,
+period_end, metric, source) rows each stop the import with the first offending row named (see
+:mod:`quantorch.data._parsing`). Re-importing the same file changes nothing; a row whose value or
 filing date changed replaces the stored one (the report counts it).
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantorch.data import _parsing as parsing
 from quantorch.data.news import ImportReport, parse_mapping, read_table_file, resolve_columns
 from quantorch.errors import DataValidationError, UserInputError
 from quantorch.store import Store
@@ -40,26 +43,12 @@ _REQUIRED = ("ticker", "period_end", "filed_at", "metric", "value")
 _KEY = ["ticker", "period_end", "metric", "source"]
 
 
-def _dates(values: pd.Series, origin: str, column: str) -> pd.Series:
-    if isinstance(values.dtype, pd.DatetimeTZDtype):
-        values = values.dt.tz_convert("America/New_York").dt.tz_localize(None)
-    parsed = pd.to_datetime(values, errors="coerce", format="mixed")
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataValidationError(
-            f"{origin}: unparseable {column} {values.iloc[row]!r} in row {row + 1} "
-            "(use ISO dates such as 2016-02-01)"
-        )
-    return parsed.dt.normalize().astype("datetime64[ns]")
-
-
 def _text(values: pd.Series, origin: str, column: str) -> pd.Series:
     text = values.astype("string").str.strip()
     empty = text.isna() | (text == "")
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
-        raise DataValidationError(f"{origin}: empty {column} in row {row + 1}")
+        raise DataValidationError(f"{origin}: empty {column} in {parsing.row_name(row)}")
     return text
 
 
@@ -69,35 +58,40 @@ def validate_fundamentals(
     *,
     mapping: Mapping[str, str] | None = None,
     source: str | None = None,
+    date_format: str | None = None,
 ) -> pd.DataFrame:
     """Check and normalise a long fundamentals frame (see module docs).
 
     ``source`` names the provenance of every row (it overrides a ``source`` column); without
-    either the source is ``file``.
+    either the source is ``file``. ``date_format`` (strptime codes) reads ``period_end`` and
+    ``filed_at`` values that are not ISO dates.
     """
     columns = resolve_columns(frame, origin, _REQUIRED, ("source",), mapping)
     if frame.empty:
         raise DataValidationError(f"{origin}: the file holds no rows")
     raw = frame.reset_index(drop=True)
-    tickers = _text(raw[columns["ticker"]], origin, "ticker").str.upper()
+    tickers = parsing.parse_tickers(raw[columns["ticker"]], origin)
     metrics = _text(raw[columns["metric"]], origin, "metric").str.lower()
-    period_end = _dates(raw[columns["period_end"]], origin, "period_end")
-    filed_at = _dates(raw[columns["filed_at"]], origin, "filed_at")
+    period_end = parsing.parse_dates(
+        raw[columns["period_end"]], origin, "period_end", date_format=date_format
+    ).astype("datetime64[ns]")
+    filed_at = parsing.parse_dates(
+        raw[columns["filed_at"]], origin, "filed_at", date_format=date_format
+    ).astype("datetime64[ns]")
     early = (filed_at < period_end).to_numpy()
     if early.any():
         row = int(np.flatnonzero(early)[0])
         raise DataValidationError(
-            f"{origin}: row {row + 1} was filed ({filed_at.iloc[row].date()}) before its period "
-            f"ended ({period_end.iloc[row].date()}); are period_end and filed_at swapped?"
+            f"{origin}: {parsing.row_name(row)} was filed ({filed_at.iloc[row].date()}) before "
+            f"its period ended ({period_end.iloc[row].date()}); are period_end and filed_at "
+            "swapped?"
         )
-    raw_values = raw[columns["value"]]
-    values = pd.to_numeric(raw_values, errors="coerce").astype("float64")
-    bad = (values.isna() | ~np.isfinite(values.fillna(0.0))).to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+    values = parsing.parse_numbers(raw[columns["value"]], origin, "value", required=False)
+    missing = values.isna().to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
         raise DataValidationError(
-            f"{origin}: missing or non-numeric value {raw_values.iloc[row]!r} in row {row + 1} "
-            "(drop rows without a value)"
+            f"{origin}: missing value in {parsing.row_name(row)} (drop rows without a value)"
         )
     if source is not None:
         if not source.strip():
@@ -123,9 +117,10 @@ def validate_fundamentals(
         key = out.loc[row, _KEY]
         first = int(np.flatnonzero((out[_KEY] == key.to_numpy()).all(axis=1).to_numpy())[0])
         raise DataValidationError(
-            f"{origin}: row {row + 1} repeats row {first + 1} ({key['ticker']} "
-            f"{key['metric']} for the period ending {key['period_end'].date()}); keep one value "
-            "per ticker, period, metric and source (the first filed, for point-in-time use)"
+            f"{origin}: {parsing.row_name(row)} repeats {parsing.row_name(first)} "
+            f"({key['ticker']} {key['metric']} for the period ending "
+            f"{key['period_end'].date()}); keep one value per ticker, period, metric and source "
+            "(the first filed, for point-in-time use)"
         )
     return out.sort_values(["ticker", "metric", "period_end"], ignore_index=True)
 
@@ -135,12 +130,17 @@ def read_fundamentals_file(
     *,
     mapping: Mapping[str, str] | str | None = None,
     source: str | None = None,
+    date_format: str | None = None,
 ) -> pd.DataFrame:
     """Read and validate a fundamentals file (nothing is written)."""
     raw = read_table_file(path)
     targets = (*_REQUIRED, "source")
     return validate_fundamentals(
-        raw, str(path), mapping=parse_mapping(mapping, targets), source=source
+        raw,
+        str(path),
+        mapping=parse_mapping(mapping, targets),
+        source=source,
+        date_format=date_format,
     )
 
 

@@ -4,16 +4,18 @@ A news file (CSV or Parquet) has one item per row: ``published_at, ticker, headl
 optionally ``body`` and ``source``. Other layouts import through a column mapping
 (``{"headline": "text"}`` takes the headline from a ``text`` column, as in the StockNet
 tweets). The whole file is validated before anything is written, like prices
-(:func:`quantorch.data.service.validate_prices`): missing columns, unparseable timestamps,
-empty tickers or headlines and duplicate items each stop the import with the first offending
-row named.
+(:func:`quantorch.data.service.validate_prices`): missing columns, timestamps that are not
+ISO 8601 (or do not match ``date_format``, ``--date-format``), numbers as timestamps, times
+before 1900 or more than a day ahead, empty or numeric tickers, empty headlines and duplicate
+items each stop the import with the first offending row named (see
+:mod:`quantorch.data._parsing`).
 
 Time stamps are stored in UTC (naive ``TIMESTAMP``). A value with an offset (``...Z``,
-``+02:00``, a tz-aware Parquet column) is converted; a value without one is read in the time
-zone given (``timezone=``, ``--timezone``) or, if none is given, taken as UTC and said so in the
-import notes. A date without a time of day is placed at the *end* of that day (23:59:59.999999
-in the time zone): the item might have been published after the close, so a decision at that
-day's close must not see it.
+``+02:00``, ``%z`` in the format, a tz-aware Parquet column) is converted; a value without one
+is read in the time zone given (``timezone=``, ``--timezone``) or, if none is given, taken as
+UTC and said so in the import notes. A date without a time of day is placed at the *end* of
+that day (23:59:59.999999 in the time zone): the item might have been published after the
+close, so a decision at that day's close must not see it.
 
 Each item's id is a hash of (ticker, published_at, headline, source), so importing the same
 file twice writes nothing the second time.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+from quantorch.data import _parsing as parsing
 from quantorch.errors import DataValidationError, UserInputError
 from quantorch.store import Store
 
@@ -53,10 +55,6 @@ __all__ = [
 NEWS_COLUMNS = ("news_id", "published_at", "ticker", "headline", "body", "source")
 _REQUIRED = ("published_at", "ticker", "headline")
 _TARGETS = ("published_at", "ticker", "headline", "body", "source")
-_OFFSET = re.compile(
-    r"\d:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE
-)
-_DATE_ONLY = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}$")
 _END_OF_DAY = pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
 
 
@@ -167,51 +165,28 @@ def _zone(timezone: str | None) -> str | None:
 
 
 def parse_timestamps_utc(
-    values: pd.Series, origin: str, column: str, timezone: str | None
+    values: pd.Series,
+    origin: str,
+    column: str,
+    timezone: str | None,
+    *,
+    date_format: str | None = None,
 ) -> tuple[pd.Series, list[str]]:
     """Naive-UTC ``datetime64[ns]`` timestamps and notes; raises on the first bad value.
 
-    See the module docs for offsets, naive values and dates without a time of day.
+    Values are read exactly: ISO 8601 with or without an offset, or ``date_format`` (strptime
+    codes; see :mod:`quantorch.data._parsing`). See the module docs for offsets, naive values
+    and dates without a time of day.
     """
     notes: list[str] = []
     zone = _zone(timezone)
-    n = len(values)
-    if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]"), notes
-    if pd.api.types.is_datetime64_dtype(values.dtype):
-        stamps = pd.Series(pd.to_datetime(values), index=values.index)
-        aware = np.zeros(n, dtype=bool)
-        date_only = np.zeros(n, dtype=bool)
-        local = stamps
-    else:
-        text = (
-            values.map(lambda v: v.isoformat() if isinstance(v, dt.date | dt.datetime) else v)
-            .astype("string")
-            .str.strip()
-        )
-        empty = text.isna() | (text == "")
-        if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DataValidationError(f"{origin}: empty {column} in row {row + 1}")
-        aware = text.str.contains(_OFFSET).to_numpy(dtype=bool)
-        date_only = text.str.fullmatch(_DATE_ONLY).to_numpy(dtype=bool)
-        stamps = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
-        if aware.any():
-            stamps[aware] = _to_datetime(text[aware], utc=True)
-        if (~aware).any():
-            stamps[~aware] = _to_datetime(text[~aware], utc=False)
-        bad = stamps.isna().to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise DataValidationError(
-                f"{origin}: unparseable {column} {values.iloc[row]!r} in row {row + 1} "
-                "(use ISO 8601 such as 2016-03-01T14:30:00Z)"
-            )
-        local = stamps
+    values = values.reset_index(drop=True)
+    read = parsing.parse_timestamps(values, origin, column, date_format=date_format)
+    stamps, aware, date_only = read.values, read.aware, read.date_only
     naive = ~aware
     if naive.any():
         offsets = np.where(date_only[naive], _END_OF_DAY.value, 0).astype("timedelta64[ns]")
-        shifted = local[naive] + offsets
+        shifted = stamps[naive] + offsets
         if zone is None or zone == "UTC":
             utc = shifted
         else:
@@ -220,8 +195,9 @@ def parse_timestamps_utc(
             if bad.any():
                 row = int(np.flatnonzero(naive)[np.flatnonzero(bad)[0]])
                 raise DataValidationError(
-                    f"{origin}: {column} {values.iloc[row]!r} in row {row + 1} is ambiguous or "
-                    f"does not exist in {zone} (a daylight-saving change); give it an offset"
+                    f"{origin}: {column} {parsing.shown(values.iloc[row])} in "
+                    f"{parsing.row_name(row)} is ambiguous or does not exist in {zone} (a "
+                    "daylight-saving change); give it an offset"
                 )
             utc = localized.dt.tz_convert("UTC").dt.tz_localize(None)
         stamps = stamps.copy()
@@ -237,32 +213,6 @@ def parse_timestamps_utc(
                 "the end of that day so a decision at its close does not see them"
             )
     return stamps.astype("datetime64[ns]"), notes
-
-
-def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
-    """Parse strings (ISO 8601 fast path, then any format); NaT where unparseable."""
-    for fmt in ("ISO8601", "mixed"):
-        try:
-            parsed = pd.to_datetime(
-                text, errors="raise" if fmt == "ISO8601" else "coerce", utc=utc, format=fmt
-            )
-        except (ValueError, TypeError, OverflowError):
-            continue
-        if utc:
-            parsed = parsed.dt.tz_localize(None)
-        elif isinstance(parsed.dtype, pd.DatetimeTZDtype) or parsed.dtype == object:
-            continue  # an offset the pattern missed: parse element by element below
-        return parsed.astype("datetime64[ns]")
-    out = []
-    for value in text:
-        try:
-            stamp = pd.Timestamp(value)
-        except (ValueError, TypeError, OverflowError):
-            stamp = pd.NaT
-        if stamp is not pd.NaT and stamp.tzinfo is not None:
-            stamp = stamp.tz_convert("UTC").tz_localize(None)
-        out.append(stamp)
-    return pd.Series(out, index=text.index, dtype="datetime64[ns]")
 
 
 def _clean_text(values: pd.Series) -> pd.Series:
@@ -283,6 +233,7 @@ def validate_news(
     mapping: Mapping[str, str] | None = None,
     source: str | None = None,
     timezone: str | None = None,
+    date_format: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Check and normalise a news frame; returns (rows in :data:`NEWS_COLUMNS`, notes).
 
@@ -293,19 +244,20 @@ def validate_news(
     if frame.empty:
         raise DataValidationError(f"{origin}: the file holds no rows")
     published, notes = parse_timestamps_utc(
-        frame[columns["published_at"]].reset_index(drop=True), origin, "published_at", timezone
+        frame[columns["published_at"]],
+        origin,
+        "published_at",
+        timezone,
+        date_format=date_format,
     )
-    tickers = _clean_text(frame[columns["ticker"]].reset_index(drop=True)).str.upper()
-    empty = tickers.isna() | (tickers == "")
-    if empty.any():
-        row = int(np.flatnonzero(empty.to_numpy())[0])
-        raise DataValidationError(f"{origin}: empty ticker in row {row + 1}")
+    tickers = parsing.parse_tickers(frame[columns["ticker"]], origin)
     headlines = _clean_text(frame[columns["headline"]].reset_index(drop=True))
     empty = headlines.isna() | (headlines == "")
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
         raise DataValidationError(
-            f"{origin}: empty headline in row {row + 1} (every item needs a headline or text)"
+            f"{origin}: empty headline in {parsing.row_name(row)} (every item needs a headline "
+            "or text)"
         )
     if "body" in columns:
         body = _clean_text(frame[columns["body"]].reset_index(drop=True))
@@ -322,7 +274,7 @@ def validate_news(
         if empty.any():
             row = int(np.flatnonzero(empty.to_numpy())[0])
             raise DataValidationError(
-                f"{origin}: empty source in row {row + 1} (fill it or pass --source NAME)"
+                f"{origin}: empty source in {parsing.row_name(row)} (fill it or pass --source NAME)"
             )
     else:
         sources = pd.Series("file", index=headlines.index, dtype="string")
@@ -350,7 +302,7 @@ def validate_news(
         row = int(np.flatnonzero(dup.to_numpy())[0])
         first = int(np.flatnonzero((out["news_id"] == out["news_id"].iloc[row]).to_numpy())[0])
         raise DataValidationError(
-            f"{origin}: row {row + 1} repeats row {first + 1} (same ticker "
+            f"{origin}: {parsing.row_name(row)} repeats {parsing.row_name(first)} (same ticker "
             f"{out['ticker'].iloc[row]}, time {out['published_at'].iloc[row]}, headline and "
             "source); keep one of them"
         )
@@ -363,11 +315,20 @@ def read_news_file(
     mapping: Mapping[str, str] | str | None = None,
     source: str | None = None,
     timezone: str | None = None,
+    date_format: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Read and validate a news file (nothing is written); returns (rows, notes)."""
+    """Read and validate a news file (nothing is written); returns (rows, notes).
+
+    ``date_format`` (strptime codes) reads ``published_at`` values that are not ISO 8601.
+    """
     raw = read_table_file(path)
     return validate_news(
-        raw, str(path), mapping=parse_mapping(mapping), source=source, timezone=timezone
+        raw,
+        str(path),
+        mapping=parse_mapping(mapping),
+        source=source,
+        timezone=timezone,
+        date_format=date_format,
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantorch.data import _parsing as parsing
 from quantorch.data import calendar
 from quantorch.data.panel import PRICE_COLUMNS, PricePanel
 from quantorch.data.providers import PriceProvider, get_provider
@@ -30,7 +31,10 @@ from quantorch.store import Store
 
 __all__ = [
     "FetchReport",
+    "JUMP_MAX",
+    "PRICE_MAX",
     "ensure_prices",
+    "find_bad_bars",
     "import_prices",
     "read_price_file",
     "validate_prices",
@@ -41,8 +45,11 @@ __all__ = [
     "check_known_tickers",
 ]
 
-_OPTIONAL = ("open", "high", "low", "volume")
 _PRICE_FIELDS = ("open", "high", "low", "close", "adj_close")
+#: Prices above this (USD) are refused: no listed share has cost near it (BRK-A: under 1e6).
+PRICE_MAX = 1e7
+#: A one-row adj_close move by this factor or more is refused in a file import.
+JUMP_MAX = 1000.0
 
 
 @dataclass
@@ -57,13 +64,25 @@ class FetchReport:
         return not self.requests
 
 
-def validate_prices(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+def validate_prices(
+    frame: pd.DataFrame, origin: str, *, date_format: str | None = None
+) -> pd.DataFrame:
     """Check and normalise a long price frame; raise :class:`DataValidationError` on any fault.
 
     Required columns: date, ticker, close, adj_close; optional: open, high, low, volume.
-    Refuses unparseable dates, empty tickers, duplicate (ticker, date) rows, missing or
-    non-positive prices and negative volumes, naming the first offending row.
+    Every source's rows pass here. Dates are read exactly (ISO, or ``date_format``; see
+    :mod:`quantorch.data._parsing`) within 1900-01-01 to tomorrow; tickers must be text; prices
+    must be finite numbers in (0, 1e7] (no True/False columns), volumes finite and >= 0; one
+    row per (ticker, date). The first offending row is named. A file import adds the checks of
+    :func:`read_price_file`.
     """
+    out = _normalise_prices(frame, origin, date_format)
+    _refuse_duplicates(out, origin)
+    return out.sort_values(["ticker", "date"], ignore_index=True)
+
+
+def _normalise_prices(frame: pd.DataFrame, origin: str, date_format: str | None) -> pd.DataFrame:
+    """The frame's columns read and checked one by one, rows in the frame's order."""
     columns = {str(c).strip().lower(): c for c in frame.columns}
     missing = [c for c in ("date", "ticker", "close", "adj_close") if c not in columns]
     if missing:
@@ -74,82 +93,201 @@ def validate_prices(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
             f"{origin}: missing column(s) {', '.join(missing)}; expected date, ticker, close, "
             f"adj_close and optionally open, high, low, volume{hint}"
         )
-    out = pd.DataFrame({c: frame[columns[c]] for c in PRICE_COLUMNS if c in columns})
-    for column in _OPTIONAL:
-        if column not in out:
-            out[column] = np.nan
-
-    dates = pd.to_datetime(out["date"], errors="coerce", format="mixed")
-    bad = dates.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataValidationError(
-            f"{origin}: unparseable date {out['date'].iloc[row]!r} in row {row + 1} "
-            "(use ISO dates such as 2021-03-01)"
-        )
-    if getattr(dates.dt, "tz", None) is not None:
-        dates = dates.dt.tz_convert("America/New_York").dt.tz_localize(None)
-    out["date"] = dates.dt.normalize().astype("datetime64[ns]")
-
-    tickers = out["ticker"].astype("string").str.strip().str.upper()
-    if tickers.isna().any() or (tickers == "").any():
-        row = int(np.flatnonzero((tickers.isna() | (tickers == "")).to_numpy())[0])
-        raise DataValidationError(f"{origin}: empty ticker in row {row + 1}")
-    out["ticker"] = tickers.astype(object)
-
+    n = len(frame)
+    out = pd.DataFrame(index=pd.RangeIndex(n))
+    out["date"] = parsing.parse_dates(
+        frame[columns["date"]], origin, "date", date_format=date_format
+    ).astype("datetime64[ns]")
+    out["ticker"] = parsing.parse_tickers(frame[columns["ticker"]], origin)
     for column in (*_PRICE_FIELDS, "volume"):
-        values = pd.to_numeric(out[column], errors="coerce")
-        unparsed = values.isna() & out[column].notna()
-        if unparsed.any():
-            row = int(np.flatnonzero(unparsed.to_numpy())[0])
-            raise DataValidationError(
-                f"{origin}: non-numeric {column} {out[column].iloc[row]!r} in row {row + 1}"
+        if column in columns:
+            required = column in ("close", "adj_close")
+            out[column] = parsing.parse_numbers(
+                frame[columns[column]], origin, column, required=required
             )
-        out[column] = values.astype("float64")
-    for column in ("close", "adj_close"):
-        if out[column].isna().any():
-            row = int(np.flatnonzero(out[column].isna().to_numpy())[0])
-            raise DataValidationError(f"{origin}: missing {column} in row {row + 1}")
+        else:
+            out[column] = np.nan
     for column in _PRICE_FIELDS:
-        bad = out[column] <= 0
+        values = out[column].to_numpy()
+        bad = values <= 0
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
+            row = int(np.flatnonzero(bad)[0])
             raise DataValidationError(
-                f"{origin}: non-positive {column} {out[column].iloc[row]} for "
-                f"{out['ticker'].iloc[row]} on {out['date'].iloc[row].date()} (row {row + 1}); "
+                f"{origin}: non-positive {column} {values[row]:g} for {_bar(out, row)}; "
                 "prices must be > 0"
             )
-    if (out["volume"] < 0).any():
-        row = int(np.flatnonzero((out["volume"] < 0).to_numpy())[0])
-        raise DataValidationError(f"{origin}: negative volume in row {row + 1}")
-    dup = out.duplicated(["ticker", "date"], keep=False)
+        bad = values > PRICE_MAX
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataValidationError(
+                f"{origin}: {column} {values[row]:g} for {_bar(out, row)} is above "
+                f"{PRICE_MAX:,.0f} USD, more than any listed share has cost: a unit or "
+                "decimal error (prices in cents? a volume column named as a price?)"
+            )
+    volume = out["volume"].to_numpy()
+    if (volume < 0).any():
+        row = int(np.flatnonzero(volume < 0)[0])
+        raise DataValidationError(f"{origin}: negative volume {volume[row]:g} for {_bar(out, row)}")
+    return out[list(PRICE_COLUMNS)]
+
+
+def _bar(frame: pd.DataFrame, row: int) -> str:
+    """``AAPL on 2021-03-01 (data row 4)``: a row named the way the messages name it."""
+    return (
+        f"{frame['ticker'].iloc[row]} on {frame['date'].iloc[row].date()} "
+        f"({parsing.row_name(int(frame.index[row]))})"
+    )
+
+
+def _refuse_duplicates(frame: pd.DataFrame, origin: str) -> None:
+    dup = frame.duplicated(["ticker", "date"], keep=False).to_numpy()
     if dup.any():
-        row = int(np.flatnonzero(dup.to_numpy())[0])
+        row = int(np.flatnonzero(dup)[0])
         raise DataValidationError(
-            f"{origin}: duplicate rows for {out['ticker'].iloc[row]} on "
-            f"{out['date'].iloc[row].date()} (first at row {row + 1}); keep one row per "
-            "ticker and date"
+            f"{origin}: duplicate rows for {frame['ticker'].iloc[row]} on "
+            f"{frame['date'].iloc[row].date()} (first at {parsing.row_name(row)}); keep one row "
+            "per ticker and date"
         )
-    return out[list(PRICE_COLUMNS)].sort_values(["ticker", "date"], ignore_index=True)
 
 
-def read_price_file(path: str | Path, *, adjusted: bool = False) -> pd.DataFrame:
-    """Read a CSV or Parquet price file and validate it (nothing is written)."""
+def find_bad_bars(frame: pd.DataFrame) -> pd.DataFrame:
+    """Bars whose prices do not fit together, each with its reason; the others are fine.
+
+    A bar is bad when ``high < low`` or its open or close lies outside ``[low, high]``
+    (missing fields are not compared). ``frame`` is a normalised price frame; the result keeps
+    its index and columns ticker, date, open, high, low, close, plus ``reason``, so a caller
+    can refuse, drop or keep them.
+    """
+    high, low = frame["high"].to_numpy(), frame["low"].to_numpy()
+    checks = {
+        "high < low": high < low,
+        "open outside [low, high]": (frame["open"].to_numpy() < low)
+        | (frame["open"].to_numpy() > high),
+        "close outside [low, high]": (frame["close"].to_numpy() < low)
+        | (frame["close"].to_numpy() > high),
+    }
+    any_bad = np.logical_or.reduce(list(checks.values()))
+    rows = np.flatnonzero(any_bad)
+    bad = frame.iloc[rows][["ticker", "date", "open", "high", "low", "close"]].copy()
+    masks = [(reason, mask[rows]) for reason, mask in checks.items()]
+    bad["reason"] = [
+        ", ".join(reason for reason, mask in masks if mask[i]) for i in range(len(rows))
+    ]
+    return bad
+
+
+def _refuse_bad_bars(frame: pd.DataFrame, origin: str) -> None:
+    bad = find_bad_bars(frame)
+    if bad.empty:
+        return
+    shown = [
+        f"{r.ticker} {r.date.date()} ({parsing.row_name(int(i))}) {r.reason}: open {r.open:g}, "
+        f"high {r.high:g}, low {r.low:g}, close {r.close:g}"
+        for i, r in zip(bad.index[:5], bad.head(5).itertuples(index=False), strict=True)
+    ]
+    raise DataValidationError(
+        f"{origin}: {len(bad):,} bar(s) whose prices do not fit together, first "
+        f"{len(shown)}: {'; '.join(shown)}; fix or drop these rows (high >= low, with open "
+        "and close within [low, high])"
+    )
+
+
+def _refuse_non_sessions(frame: pd.DataFrame, origin: str, date_format: str | None) -> None:
+    """Bars on weekends or NYSE holidays mean misread dates or a non-NYSE file: refuse them.
+
+    Outside the span of the exchange calendar (it starts in 1985) only weekends are known.
+    """
+    if frame.empty:
+        return
+    every = calendar.sessions(parsing.EARLIEST, frame["date"].max())
+    days = pd.DatetimeIndex(frame["date"].unique())
+    covered = (days >= every[0]) & (days <= every[-1]) if len(every) else np.zeros(len(days), bool)
+    closed = (covered & ~days.isin(every)) | (~covered & (days.day_of_week >= 5))
+    if not closed.any():
+        return
+    rows = np.flatnonzero(frame["date"].isin(days[closed]).to_numpy())
+    shown = []
+    for row in rows[:5]:
+        day = frame["date"].iloc[row]
+        kind = day.day_name() if day.day_of_week >= 5 else f"{day.day_name()}, a holiday"
+        shown.append(
+            f"{frame['ticker'].iloc[row]} {day.date()} ({kind}, {parsing.row_name(int(row))})"
+        )
+    misread = f" (is --date-format {date_format} the order the file uses?)" if date_format else ""
+    raise DataValidationError(
+        f"{origin}: {len(rows):,} bar(s) on days the NYSE was closed (XNYS calendar), first "
+        f"{len(shown)}: {', '.join(shown)}; a bar on a weekend or holiday means the dates were "
+        f"misread{misread} or the file is not NYSE data; fix the dates or drop those rows"
+    )
+
+
+def _refuse_jumps(frame: pd.DataFrame, origin: str) -> None:
+    """A one-row adj_close move of JUMP_MAX times or more is a unit or decimal error.
+
+    ``frame`` is sorted by ticker and date; its index holds the rows' places in the file.
+    """
+    close = frame["adj_close"].to_numpy()
+    tickers = frame["ticker"].to_numpy()
+    if len(close) < 2:
+        return
+    same = tickers[1:] == tickers[:-1]
+    ratio = close[1:] / close[:-1]
+    jumps = same & ((ratio >= JUMP_MAX) | (ratio <= 1 / JUMP_MAX))
+    if not jumps.any():
+        return
+    at = int(np.flatnonzero(jumps)[0]) + 1
+    before, after = frame.iloc[at - 1], frame.iloc[at]
+    factor = ratio[at - 1] if ratio[at - 1] >= 1 else 1 / ratio[at - 1]
+    raise DataValidationError(
+        f"{origin}: adj_close of {after['ticker']} moves by a factor of {factor:,.0f} in one "
+        f"row, from {before['adj_close']:g} on {before['date'].date()} to "
+        f"{after['adj_close']:g} on {after['date'].date()} "
+        f"({parsing.row_name(int(frame.index[at]))}): a move of {JUMP_MAX:,.0f}x or more is a "
+        "unit or decimal error; fix the file"
+    )
+
+
+#: Text that means "no value" in a price column of a CSV (a ticker or date column keeps it).
+_NA_TEXT = ["", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "#N/A"]
+
+
+def _read_price_table(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    header = pd.read_csv(path, nrows=0).columns
+    text = {c for c in header if str(c).strip().lower() in ("date", "ticker")}
+    na_values = {c: [""] if c in text else _NA_TEXT for c in header}  # ticker NA stays NA
+    return pd.read_csv(path, keep_default_na=False, na_values=na_values)
+
+
+def read_price_file(
+    path: str | Path, *, adjusted: bool = False, date_format: str | None = None
+) -> pd.DataFrame:
+    """Read a CSV or Parquet price file and validate it (nothing is written).
+
+    On top of :func:`validate_prices` a file must have its bars on XNYS sessions, bars whose
+    prices fit together (:func:`find_bad_bars`), and no one-row adj_close move of
+    :data:`JUMP_MAX` times or more.
+    """
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"file {path} not found")
     try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            raw = pd.read_parquet(path)
-        else:
-            raw = pd.read_csv(path)
+        raw = _read_price_table(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataValidationError(f"{path}: cannot read as CSV or Parquet: {exc}") from exc
     if adjusted:
-        lowered = {str(c).strip().lower() for c in raw.columns}
+        lowered = {str(c).strip().lower(): c for c in raw.columns}
         if "adj_close" not in lowered and "close" in lowered:
-            raw = raw.assign(adj_close=raw[[c for c in raw.columns if c.lower() == "close"][0]])
-    return validate_prices(raw, origin=str(path))
+            raw = raw.assign(adj_close=raw[lowered["close"]])
+    origin = str(path)
+    out = _normalise_prices(raw, origin, date_format)
+    _refuse_non_sessions(out, origin, date_format)
+    _refuse_duplicates(out, origin)
+    _refuse_bad_bars(out, origin)
+    out = out.sort_values(["ticker", "date"])
+    _refuse_jumps(out, origin)
+    return out.reset_index(drop=True)
 
 
 def _write(con, frame: pd.DataFrame, source: str) -> None:
@@ -196,7 +334,9 @@ def import_prices(store: Store, frame: pd.DataFrame, source: str = "file") -> in
 
 
 def stored_coverage(store: Store, source: str) -> dict[str, tuple[dt.date, dt.date]]:
-    """First and last stored date per ticker for ``source``."""
+    """First and last stored date per ticker for ``source`` (nothing for a missing file)."""
+    if not store.exists:
+        return {}
     with store.connect(read_only=True) as con:
         rows = con.execute(
             "SELECT ticker, first_date, last_date FROM price_coverage WHERE source = ?", [source]
@@ -205,7 +345,10 @@ def stored_coverage(store: Store, source: str) -> dict[str, tuple[dt.date, dt.da
 
 
 def coverage_table(store: Store) -> pd.DataFrame:
-    """Ticker, source, first and last date, rows: what ``quantorch data list`` prints."""
+    """Ticker, source, first and last date, rows: what ``quantorch data list`` prints (no rows
+    for a missing file, which is not created)."""
+    if not store.exists:
+        return pd.DataFrame(columns=["ticker", "source", "first_date", "last_date", "rows"])
     with store.connect(read_only=True) as con:
         return con.execute(
             """

@@ -30,7 +30,7 @@ def test_list_available_and_empty(tmp_path):
     available = invoke("data", "list", "--available")
     assert available.exit_code == 0 and "SP500" in available.stdout
     empty = invoke("data", "list", "--db", str(tmp_path / "e.duckdb"))
-    assert "no prices stored yet" in empty.stdout
+    assert "no database at" in empty.stdout and not (tmp_path / "e.duckdb").exists()
 
 
 def test_import_good_and_bad_files(tmp_path):
@@ -58,3 +58,34 @@ def test_import_good_and_bad_files(tmp_path):
 def test_fetch_from_file_source_is_refused(tmp_path):
     result = invoke("data", "fetch", "--source", "file", "--db", str(tmp_path / "q.duckdb"))
     assert result.exit_code == 2 and "quantorch data import" in result.stderr
+
+
+def test_the_real_sp500_file_is_refused_for_its_bad_bars_quickly(tmp_path, shared_data):
+    """The 1.8M-row OHLCV file has 43 bars whose prices do not fit (README: 17 with high < low,
+    on ARE ... SLG): the import names them on one line, stores nothing, and validating all of
+    it stays well inside the 30 s a full import of it may take."""
+    import time
+
+    from quantorch.data.service import find_bad_bars, validate_prices
+
+    path = shared_data("sp500_ohlcv_2000_2017_adj.csv.gz")
+    db = tmp_path / "q.duckdb"
+    started = time.perf_counter()
+    result = invoke("data", "import", str(path), "--adjusted", "--db", str(db))
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "43 bar(s) whose prices do not fit together, first 5: ARE 2006-06-06" in lines[0]
+    assert "high < low" in lines[0] and "fix or drop these rows" in lines[0]
+    assert not db.exists()
+    assert elapsed < 30, f"reading and validating took {elapsed:.1f} s"
+
+    raw = pd.read_csv(path)
+    bars = validate_prices(raw.assign(adj_close=raw["close"]), str(path))
+    bad = find_bad_bars(bars)
+    assert len(bars) == 1_845_739 and len(bad) == 43
+    assert bad["reason"].str.contains("high < low").sum() == 17
+    assert sorted(bad["ticker"].unique()) == [
+        "ARE", "AVB", "BEN", "BXP", "EIX", "FITB", "HST", "HUM", "NUE", "PCG", "PXD", "SLG",
+    ]  # fmt: skip

@@ -140,7 +140,7 @@ def _good_rows() -> pd.DataFrame:
     [
         (lambda f: f.drop(columns=["adj_close"]), "missing column.*adj_close.*--adjusted"),
         (lambda f: f.drop(columns=["date"]), "missing column.*date"),
-        (lambda f: f.assign(date=f["date"].where(f.index != 3, "2015-13-45")), "unparseable date '2015-13-45' in row 4"),
+        (lambda f: f.assign(date=f["date"].where(f.index != 3, "2015-13-45")), "unparseable date '2015-13-45' in data row 4"),
         (lambda f: pd.concat([f, f.iloc[[5]]]), "duplicate rows for IDX"),
         (lambda f: f.assign(close=f["close"].where(f.index != 2, 0.0)), "non-positive close"),
         (lambda f: f.assign(low=f["low"].where(f.index != 2, -5.0)), "non-positive low"),
@@ -150,10 +150,10 @@ def _good_rows() -> pd.DataFrame:
 def test_import_validation_writes_nothing(tmp_path, mutate, message):
     path = tmp_path / "bad.csv"
     mutate(_good_rows()).to_csv(path, index=False)
-    store = Store(tmp_path / "q.duckdb")
+    db = tmp_path / "q.duckdb"
     with pytest.raises(DataValidationError, match=message):
-        import_prices(store, read_price_file(path))
-    assert coverage_table(store).empty
+        import_prices(Store(db), read_price_file(path))
+    assert not db.exists() or coverage_table(Store(db)).empty
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

@@ -1,8 +1,8 @@
 """`quantorch data import-news` and `import-fundamentals`: real files, bad files, idempotence.
 
-Reads the real StockNet tweets and SEC extract from ../shared/data (skipped when absent); bad
-files are built from them. The commands are registered on a Typer app built here, as main.py
-does with ``news_cmd.register(data_app)``.
+Reads the real StockNet tweets and SEC extract through the ``shared_data`` fixture (skipped
+when absent); bad files are built from them. The commands are registered on a Typer app built
+here, as main.py does with ``news_cmd.register(data_app)``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from quantorch.data.fundamentals import read_fundamentals_file
 from quantorch.data.news import load_news, news_id, read_news_file
 from quantorch.store import Store
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-TWEETS = SHARED_DATA / "stocknet_tweets.csv.gz"
-SEC = SHARED_DATA / "sec_fundamentals.csv.gz"
-needs_tweets = pytest.mark.skipif(
-    not TWEETS.exists(), reason="../shared/data/stocknet_tweets.csv.gz absent"
-)
-needs_sec = pytest.mark.skipif(
-    not SEC.exists(), reason="../shared/data/sec_fundamentals.csv.gz absent"
-)
+
+@pytest.fixture(scope="module")
+def tweets_file(shared_data) -> Path:
+    return shared_data("stocknet_tweets.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def sec_file(shared_data) -> Path:
+    return shared_data("sec_fundamentals.csv.gz")
 
 
 def _app() -> typer.Typer:
@@ -54,20 +54,19 @@ def count(db: Path, table: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def tweets() -> pd.DataFrame:
-    if not TWEETS.exists():
-        pytest.skip("../shared/data/stocknet_tweets.csv.gz absent")
-    return pd.read_csv(TWEETS, dtype=str)
+def tweets(tweets_file: Path) -> pd.DataFrame:
+    return pd.read_csv(tweets_file, dtype=str)
 
 
-@needs_tweets
-def test_import_the_real_tweets_with_a_column_mapping_and_again(tmp_path):
+def test_import_the_real_tweets_with_a_column_mapping_and_again(tmp_path, tweets_file):
     db = tmp_path / "q.duckdb"
-    first = invoke("data", "import-news", str(TWEETS), "--map", "headline=text", "--db", str(db))
+    first = invoke(
+        "data", "import-news", str(tweets_file), "--map", "headline=text", "--db", str(db)
+    )
     assert first.exit_code == 0, first.stderr
     assert "imported 44,481 new items (0 already stored) for 16 ticker(s)" in first.stdout
     again = invoke(
-        "data", "import-news", str(TWEETS), "--map", "headline=text", "--db", str(db), "--json"
+        "data", "import-news", str(tweets_file), "--map", "headline=text", "--db", str(db), "--json"
     )
     report = json.loads(again.stdout)
     assert report["inserted"] == 0 and report["unchanged"] == 44_481 and report["notes"] == []
@@ -80,9 +79,8 @@ def test_import_the_real_tweets_with_a_column_mapping_and_again(tmp_path):
     )
 
 
-@needs_tweets
-def test_without_a_mapping_the_error_names_the_columns_and_the_fix(tmp_path):
-    result = invoke("data", "import-news", str(TWEETS), "--db", str(tmp_path / "q.duckdb"))
+def test_without_a_mapping_the_error_names_the_columns_and_the_fix(tmp_path, tweets_file):
+    result = invoke("data", "import-news", str(tweets_file), "--db", str(tmp_path / "q.duckdb"))
     assert result.exit_code == 2
     assert "missing column(s) headline" in result.stderr and "text" in result.stderr
     assert "--map headline=" in result.stderr
@@ -94,11 +92,20 @@ def test_without_a_mapping_the_error_names_the_columns_and_the_fix(tmp_path):
         (lambda f: f.drop(columns="ticker"), "missing column(s) ticker"),
         (
             lambda f: f.assign(published_at=f["published_at"].where(f.index != 6, "last tuesday")),
-            "unparseable published_at 'last tuesday' in row 7",
+            "unparseable published_at 'last tuesday' in data row 7",
         ),
-        (lambda f: f.assign(text=f["text"].where(f.index != 3, "   ")), "empty headline in row 4"),
-        (lambda f: pd.concat([f, f.iloc[[2]]], ignore_index=True), "row 11 repeats row 3"),
-        (lambda f: f.assign(ticker=f["ticker"].where(f.index != 0, "")), "empty ticker in row 1"),
+        (
+            lambda f: f.assign(text=f["text"].where(f.index != 3, "   ")),
+            "empty headline in data row 4",
+        ),
+        (
+            lambda f: pd.concat([f, f.iloc[[2]]], ignore_index=True),
+            "data row 11 repeats data row 3",
+        ),
+        (
+            lambda f: f.assign(ticker=f["ticker"].where(f.index != 0, "")),
+            "empty ticker in data row 1",
+        ),
     ],
 )
 def test_bad_news_files_write_nothing(tmp_path, tweets, change, message):
@@ -165,14 +172,13 @@ def test_offsets_are_converted_and_ids_are_stable(tmp_path):
     )
 
 
-@needs_sec
-def test_import_the_real_sec_fundamentals_and_again(tmp_path):
+def test_import_the_real_sec_fundamentals_and_again(tmp_path, sec_file):
     db = tmp_path / "q.duckdb"
-    first = invoke("data", "import-fundamentals", str(SEC), "--db", str(db))
+    first = invoke("data", "import-fundamentals", str(sec_file), "--db", str(db))
     assert first.exit_code == 0, first.stderr
     assert "imported 4,110 new rows (0 already stored) for 19 ticker(s)" in first.stdout
     again = json.loads(
-        invoke("data", "import-fundamentals", str(SEC), "--db", str(db), "--json").stdout
+        invoke("data", "import-fundamentals", str(sec_file), "--db", str(db), "--json").stdout
     )
     assert again["inserted"] == 0 and again["unchanged"] == 4110
     store = Store(db)
@@ -184,28 +190,30 @@ def test_import_the_real_sec_fundamentals_and_again(tmp_path):
     assert aapl == [(pd.Timestamp("2016-01-27").date(), 18_361_000_000.0)]
 
 
-@needs_sec
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda f: f.drop(columns="filed_at"), "missing column(s) filed_at"),
         (
             lambda f: f.assign(filed_at=f["filed_at"].where(f.index != 4, "soon")),
-            "unparseable filed_at 'soon' in row 5",
+            "unparseable filed_at 'soon' in data row 5",
         ),
         (
             lambda f: f.assign(value=f["value"].where(f.index != 2, "n/a")),
-            "non-numeric value 'n/a' in row 3",
+            "non-numeric value 'n/a' in data row 3",
         ),
         (
             lambda f: f.assign(filed_at=f["filed_at"].where(f.index != 1, "2000-01-01")),
-            "row 2 was filed (2000-01-01) before",
+            "data row 2 was filed (2000-01-01) before",
         ),
-        (lambda f: pd.concat([f, f.iloc[[0]]], ignore_index=True), "row 9 repeats row 1"),
+        (
+            lambda f: pd.concat([f, f.iloc[[0]]], ignore_index=True),
+            "data row 9 repeats data row 1",
+        ),
     ],
 )
-def test_bad_fundamentals_files_write_nothing(tmp_path, change, message):
-    raw = pd.read_csv(SEC, dtype=str).iloc[:8].reset_index(drop=True)
+def test_bad_fundamentals_files_write_nothing(tmp_path, sec_file, change, message):
+    raw = pd.read_csv(sec_file, dtype=str).iloc[:8].reset_index(drop=True)
     bad = tmp_path / "bad.csv"
     change(raw).to_csv(bad, index=False)
     db = tmp_path / "q.duckdb"
@@ -215,10 +223,9 @@ def test_bad_fundamentals_files_write_nothing(tmp_path, change, message):
     assert not db.exists() or count(db, "fundamentals") == 0
 
 
-@needs_sec
-def test_a_changed_value_replaces_the_stored_row(tmp_path):
+def test_a_changed_value_replaces_the_stored_row(tmp_path, sec_file):
     db = tmp_path / "q.duckdb"
-    rows = read_fundamentals_file(SEC)
+    rows = read_fundamentals_file(sec_file)
     path = tmp_path / "f.parquet"
     rows.iloc[:20].to_parquet(path)
     assert invoke("data", "import-fundamentals", str(path), "--db", str(db)).exit_code == 0
