@@ -7,6 +7,15 @@ retried with backoff and, past the store's lock timeout, fails with
 :class:`~quantorch.errors.DatabaseLockedError` naming the process that holds it. A result is
 read into memory (Arrow) and the file is released *before* anything is written out.
 
+Every connection is **confined to the database** (:func:`_confine`): DuckDB's file functions
+(``read_csv``, ``read_text``, ``glob``, ``COPY``, ``EXPORT DATABASE``, ``ATTACH``), the network
+and extensions are off, and the settings are locked, so a query can neither read a file the user
+did not mean to share nor write over one. ``allow_files=True`` (``--allow-files``) lets a local
+user read and write local files on purpose; even then no extension is installed or loaded, no
+URL is read, and DuckDB refuses a ``COPY`` onto the open database or its write-ahead log. Result
+files are written by quantorch itself (:func:`write_result`), never over a DuckDB file or a
+folder (:func:`check_output`).
+
 A file with an older schema is upgraded (one short write) before it is read, so the views of
 the current version always exist. The views and every column are described with ``COMMENT ON``
 in :mod:`quantorch.store._schema`; :func:`schema` reads those descriptions back and
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -43,6 +53,7 @@ __all__ = [
     "ObjectInfo",
     "OutputFormat",
     "QueryResult",
+    "check_output",
     "export",
     "format_for",
     "render_schema_markdown",
@@ -71,6 +82,32 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 _FILE_SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 _ARROW_COPY_WARNING = "Arrow output on a DB-API result"
+
+#: Names a result file never gets: DuckDB databases and their write-ahead logs. A CSV written at
+#: ``X.duckdb.wal`` would be replayed into the database X the next time it opens.
+_DATABASE_SUFFIXES = (".duckdb", ".ddb", ".wal")
+_DUCKDB_MAGIC = b"DUCK"  # at byte 8 of every DuckDB database file
+
+#: Settings of every query connection, in order. Extensions are neither installed nor loaded
+#: (network, code from outside), external access is switched off (DuckDB then refuses every
+#: file and URL but the database's own, and cannot switch it back on while the connection is
+#: open), and the configuration is locked last so no statement of the query can undo any of it.
+#: ``errors_as_json`` comes first: after the lock nothing may be SET.
+_SANDBOX_BEFORE = (
+    "SET errors_as_json = true",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+)
+_SANDBOX_AFTER = (
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+_CONFINED = (
+    "queries are confined to the database (no other file, no network, no extension); add "
+    "--allow-files to let a query read and write local files on purpose"
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +170,7 @@ def run_query(
     *,
     write: bool = False,
     limit: int | None = None,
+    allow_files: bool = False,
 ) -> QueryResult:
     """Run ``sql`` (one or more statements) and return the rows of the last one.
 
@@ -148,12 +186,17 @@ def run_query(
         file is refused with a :class:`UserInputError` that suggests ``--write``.
     limit
         Keep at most this many rows (``total_rows`` still counts them all); None keeps all.
+    allow_files
+        Let the SQL read and write local files with DuckDB's own functions (``read_csv``,
+        ``COPY ... TO``, ``ATTACH``, ...). Without it the query is confined to the database.
+        Either way no extension is installed or loaded, no URL is read, settings cannot be
+        changed, and DuckDB refuses a ``COPY`` onto the open database or its write-ahead log.
 
     Raises
     ------
     UserInputError
         Bad SQL (one line: DuckDB's message with line and column), a write without ``write``,
-        a missing database file.
+        a file, URL, extension or setting outside the sandbox, a missing database file.
     DatabaseLockedError
         Another process held the file past the store's lock timeout; the message names it.
     """
@@ -162,20 +205,24 @@ def run_query(
         raise UserInputError("no SQL statement given: pass a query, e.g. \"SELECT * FROM v_runs\"")
     if limit is not None and limit < 0:
         raise UserInputError(f"--limit must be 0 or more, got {limit}")
+    _refuse_extension_statements(text)
     if write:
         notices = _require_file(store, create=True)
         with store.transaction() as con:  # the store upgrades an older schema first
-            result = _execute(con, text, limit)
+            _confine(con, allow_files=allow_files)
+            result = _execute(con, text, limit, allow_files=allow_files)
     else:
-        with _reader(store) as (con, notices):
-            result = _execute(con, text, limit)
+        with _reader(store, allow_files=allow_files) as (con, notices):
+            result = _execute(con, text, limit, allow_files=allow_files)
     return QueryResult(result.table, result.types, result.total_rows, notices)
 
 
 @contextmanager
-def _reader(store: Store) -> Iterator[tuple[duckdb.DuckDBPyConnection, tuple[str, ...]]]:
-    """A read-only connection on a file of the current schema: one open in the usual case (each
-    open may wait for a writer), an upgrade first when the file is older."""
+def _reader(
+    store: Store, *, allow_files: bool = False
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, tuple[str, ...]]]:
+    """A confined read-only connection on a file of the current schema: one open in the usual
+    case (each open may wait for a writer), an upgrade first when the file is older."""
     notices = _require_file(store, create=False)
     upgraded_from = store.ensure_current()
     if upgraded_from is not None:
@@ -184,7 +231,51 @@ def _reader(store: Store) -> Iterator[tuple[duckdb.DuckDBPyConnection, tuple[str
             f"upgraded {store.path} from schema version {upgraded_from} to {LATEST_VERSION}",
         )
     with store.connect(read_only=True) as con:
+        _confine(con, allow_files=allow_files)
         yield con, notices
+
+
+def _confine(con: duckdb.DuckDBPyConnection, *, allow_files: bool) -> None:
+    """Switch the sandbox on for this connection's database (see ``_SANDBOX_BEFORE``).
+
+    DuckDB settings are per database instance, not per connection: every connection this
+    process has open on the same file shares them until the last one closes. The store opens
+    one connection per unit of work, so in the CLI nothing else sees them.
+    """
+    for statement in _SANDBOX_BEFORE:
+        con.execute(statement)
+    if allow_files:
+        # With external access off DuckDB still opens the paths listed here, and only local
+        # paths: URLs (http, s3, ...) and extension loading stay refused.
+        con.execute(f"SET allowed_directories = [{_literal(os.path.abspath(os.sep))}]")
+    for statement in _SANDBOX_AFTER:
+        con.execute(statement)
+
+
+def _refuse_extension_statements(sql: str) -> None:
+    """INSTALL, LOAD and UPDATE EXTENSIONS fetch or run code from outside: never in a query.
+
+    Checked before anything runs, so a script is refused whole. (Confined, DuckDB refuses them
+    too; with --allow-files an INSTALL from DuckDB's default repository would reach the
+    network.)
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error:
+        return  # the run reports the syntax error; nothing of an unparsable script runs
+    for statement in statements:
+        words = _LEADING_COMMENTS.sub("", statement.query).replace(";", " ").split()
+        try:
+            refused = statement.type == duckdb.StatementType.LOAD  # INSTALL, FORCE INSTALL, LOAD
+        except ValueError:  # a type this duckdb's Python enum has no name for, UPDATE EXTENSIONS
+            refused = [w.upper() for w in words[:2]] == ["UPDATE", "EXTENSIONS"]
+        if refused:
+            first = " ".join(words[: 3 if words[0].upper() == "FORCE" else 2])
+            raise UserInputError(
+                f"{first} is refused: queries are confined to the database and load no DuckDB "
+                "extension (no network); --allow-files lets a query read and write local "
+                "files, not install or load extensions"
+            )
 
 
 def _has_statement(sql: str) -> bool:
@@ -208,10 +299,12 @@ def _require_file(store: Store, *, create: bool) -> tuple[str, ...]:
     )
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> QueryResult:
-    # Structured errors carry the byte position of the fault in the whole text, for every
-    # statement of a script (the plain text only shows it for some errors).
-    con.execute("SET errors_as_json = true")
+def _execute(
+    con: duckdb.DuckDBPyConnection, sql: str, limit: int | None, *, allow_files: bool = False
+) -> QueryResult:
+    # The connection reports errors as JSON (``_confine``): structured errors carry the byte
+    # position of the fault in the whole text, for every statement of a script (the plain text
+    # only shows it for some errors).
     try:
         con.execute(sql)
         types = tuple(str(d[1]) for d in con.description or ())
@@ -224,15 +317,16 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> Que
                 warnings.filterwarnings("ignore", message=_ARROW_COPY_WARNING)
                 table = con.to_arrow_table()
     except duckdb.Error as exc:
-        raise _sql_error(exc, sql) from exc
+        raise _sql_error(exc, sql, allow_files=allow_files) from exc
     total = table.num_rows
     if limit is not None and total > limit:
         table = table.slice(0, limit)
     return QueryResult(table, types, total)
 
 
-def _sql_error(exc: duckdb.Error, sql: str) -> UserInputError:
-    """DuckDB's message on one line, with the line and column of the fault when known."""
+def _sql_error(exc: duckdb.Error, sql: str, *, allow_files: bool = False) -> UserInputError:
+    """DuckDB's message on one line, with the line and column of the fault when known; a
+    refusal of the sandbox says why and what to do instead."""
     kind, _, detail = str(exc).partition(": ")
     info: dict = {}
     try:
@@ -249,6 +343,9 @@ def _sql_error(exc: duckdb.Error, sql: str) -> UserInputError:
             f"{statement} changes the database, and queries are read-only by default: add "
             "--write to run it (it takes the database's write lock for the query's duration)"
         )
+    refusal = _sandbox_refusal(kind, message, allow_files=allow_files)
+    if refusal is not None:
+        return UserInputError(refusal)
     where = ""
     if str(info.get("position", "")).isdigit():
         line, column = _line_column(sql, int(info["position"]))
@@ -260,6 +357,44 @@ def _sql_error(exc: duckdb.Error, sql: str) -> UserInputError:
     if kind.startswith("Catalog"):
         hint = "; `quantorch query --schema` lists the tables and views"
     return UserInputError(f"SQL {kind.lower()}{where}: {message}{hint}")
+
+
+def _sandbox_refusal(kind: str, message: str, *, allow_files: bool) -> str | None:
+    """One line for an error the sandbox caused (see ``_confine``), None for any other error."""
+    quoted = re.search(r'"([^"]*)"', message)
+    name = quoted.group(1) if quoted else None
+    if "belongs to an attached database" in message:
+        return (
+            f'writing to "{name}" is refused: it is the open database (or its write-ahead log), '
+            "which a query never writes over; COPY to another file"
+        )
+    if "configuration has been locked" in message:
+        return (
+            f'changing the setting "{name}" is refused: settings are locked in queries, which '
+            "are confined to the database; use a function where one exists (e.g. "
+            "timezone('America/New_York', as_of) rather than SET TimeZone)"
+        )
+    extension = re.search(r"exists in the (\w+) extension", message)
+    if kind.startswith("Catalog") and extension:
+        return (
+            f"{name or 'this function'} needs DuckDB's {extension.group(1)} extension, and "
+            "queries load no extension (they are confined to the database and DuckDB's "
+            "built-in functions); --allow-files does not change that"
+        )
+    if not kind.startswith("Permission"):
+        return None
+    if "extension" in message.lower():
+        subject = "loading a DuckDB extension"
+    elif name is not None:
+        subject = f'access to "{name}"'
+    else:
+        subject = "this statement"
+    if allow_files:
+        return (
+            f"{subject} is refused: --allow-files opens local files only, not URLs or "
+            "extensions; download the file first, then read it by its path"
+        )
+    return f"{subject} is refused: {_CONFINED}"
 
 
 def _line_column(sql: str, byte_offset: int) -> tuple[int, int]:
@@ -303,19 +438,22 @@ def write_result(
     output: Path | None = None,
     *,
     stream: IO[str] | None = None,
+    store: Store | None = None,
 ) -> None:
     """Write the rows as CSV (with a header), JSON (an array of objects) or Parquet.
 
-    ``output`` is written atomically (a temporary file renamed into place); without it the text
-    formats go to ``stream`` (default stdout). JSON columns stay JSON in JSON output, and NaN
-    or infinite numbers become ``null`` there (JSON has no NaN).
+    ``output`` is written atomically (a temporary file in the same folder renamed into place,
+    so a failed write leaves what was there) and never over a DuckDB file or a folder (see
+    :func:`check_output`; ``store`` names the database the rows came from). Without ``output``
+    the text formats go to ``stream`` (default stdout). JSON columns stay JSON in JSON output,
+    and NaN or infinite numbers become ``null`` there (JSON has no NaN).
     """
     if fmt not in ("csv", "json", "parquet"):
         raise UserInputError(f"cannot write format {fmt!r} to a file: use csv, json or parquet")
     if output is None and fmt == "parquet":
         raise UserInputError("parquet is a binary format: add --output FILE.parquet")
     if output is not None:
-        _check_output(output)
+        check_output(output, store)
         target = output
     else:
         folder = tempfile.mkdtemp(prefix="quantorch-query-")
@@ -337,11 +475,68 @@ def write_result(
             target.parent.rmdir()
 
 
-def _check_output(output: Path) -> None:
-    if output.is_dir():
+def check_output(output: Path, store: Store | None = None) -> None:
+    """Refuse an output path a result file must not replace; call it before running the query.
+
+    The path is resolved first (relative to the working folder, symlinks followed). Refused:
+    the database of ``store`` itself or its write-ahead log (``<database>.wal``, also when it
+    does not exist yet), any existing DuckDB database (its header carries ``DUCK`` at byte 8,
+    whatever its name), a name ending in ``.duckdb``, ``.ddb`` or ``.wal`` even when no such
+    file exists yet (a result file is named after its format, and a CSV at ``X.duckdb.wal``
+    would be replayed into X), an existing folder, and a folder that does not exist.
+
+    Raises
+    ------
+    UserInputError
+        One line naming the fix.
+    """
+    resolved = Path(output).resolve()
+    if store is not None:
+        database = store.path.resolve()
+        if _same_file(resolved, database):
+            raise UserInputError(
+                f"--output {output} is the database itself ({store.path}): a result never "
+                "replaces it; write to another file, e.g. result.csv"
+            )
+        logs = {Path(f"{database}.wal"), Path(f"{Path(store.path).absolute()}.wal").resolve()}
+        if any(_same_file(resolved, log) for log in logs):
+            raise UserInputError(
+                f"--output {output} is the write-ahead log of the database {store.path}: "
+                "writing there would corrupt it; write to another file, e.g. result.csv"
+            )
+    if resolved.is_dir():
         raise UserInputError(f"--output {output} is a folder: give a file name")
-    if not output.parent.exists():
+    if not resolved.parent.is_dir():
         raise UserInputError(f"folder {output.parent} does not exist: create it or fix --output")
+    if _is_duckdb_file(resolved):
+        raise UserInputError(
+            f"--output {output} is a DuckDB database: a result never replaces one; write to "
+            "another file, e.g. result.csv"
+        )
+    suffix = next((s for s in _DATABASE_SUFFIXES if resolved.name.lower().endswith(s)), None)
+    if suffix is not None:
+        raise UserInputError(
+            f"--output {output}: {suffix} names are kept for DuckDB databases and their logs; "
+            "name the file after its format, e.g. result.csv or result.parquet"
+        )
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """Same path, or two names (e.g. hard links) of one existing file."""
+    if path == other:
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(12)[8:12] == _DUCKDB_MAGIC
+    except OSError:  # missing, or unreadable: nothing of ours to protect there
+        return False
 
 
 def _copy(result: QueryResult, fmt: str, path: Path) -> None:
@@ -410,7 +605,8 @@ def export(
     ``runs``, ``decisions`` and ``equity`` come from their views (``v_runs``, ``v_decisions``,
     ``v_equity``): every column of the table plus the derived ones (flattened metrics, forward
     returns, drawdowns). ``tool_calls``, ``fills`` and ``prices`` are the tables as stored.
-    Returns the rows written (``total_rows``).
+    ``output`` is checked (:func:`check_output`) before anything is read. Returns the rows
+    written (``total_rows``).
     """
     if kind not in _EXPORTS:
         raise UserInputError(f"unknown export {kind!r}: use one of {', '.join(_EXPORTS)}")
@@ -420,11 +616,11 @@ def export(
         if kind == "prices":
             raise UserInputError("prices are shared by every run: drop --run-id to export them")
         where = f" WHERE run_id = {_literal(run_id)}"
-    _check_output(output)
+    check_output(output, store)
     result = run_query(store, f"SELECT * FROM {source}{where} ORDER BY {order}")
     if run_id is not None and result.total_rows == 0:
         _check_run_exists(store, run_id, source)
-    write_result(result, fmt, output)
+    write_result(result, fmt, output, store=store)
     return result
 
 

@@ -50,7 +50,8 @@ class ExportKind(str, enum.Enum):
 OutputOpt = Annotated[
     Optional[Path],
     typer.Option("--output", "-o", show_default=False,
-                 help="Write the result to this file (format from --format or its suffix)."),
+                 help="Write the result to this file (format from --format or its suffix; never a "
+                      "DuckDB database or a folder)."),
 ]
 
 
@@ -83,6 +84,14 @@ def query(
         typer.Option("--write", help="Open the database read-write (one transaction) so "
                                      "INSERT, UPDATE, CREATE ... may run."),
     ] = False,
+    allow_files: Annotated[
+        bool,
+        typer.Option("--allow-files",
+                     help="Let the SQL read and write local files with DuckDB's own functions "
+                          "(read_csv, COPY ... TO, ATTACH, ...). Without it a query is confined "
+                          "to the database; URLs, extensions and the database file itself stay "
+                          "off limits either way."),
+    ] = False,
     show_schema: Annotated[
         bool,
         typer.Option("--schema", help="List the tables and views with their columns, types and "
@@ -92,18 +101,27 @@ def query(
     db: DbOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Run SQL on the database, read-only unless --write; safe while backtests or the paper
-    trader write (a locked file is retried, then the process holding it is named).
+    """Run SQL on the database, read-only unless --write, confined to the database unless
+    --allow-files; safe while a backtest writes (a locked file is retried,
+    then the process holding it is named).
 
     Views: v_runs, v_equity, v_tool_usage, v_decisions, v_pnl_attribution (see --schema and
     docs/research.md).
 
     Examples: quantorch query "SELECT run_id, sharpe FROM v_runs ORDER BY sharpe DESC";
-    quantorch query --file q.sql --format csv --output out.csv; quantorch query --schema
+    quantorch query --file q.sql --format csv --output out.csv; quantorch query --schema;
+    quantorch query --allow-files "SELECT * FROM read_csv('signals.csv')"
     """
     from quantorch import query as core
 
     with guard(debug):
+        store = open_store(load(config, {}), db)
+        if output is not None:
+            core.check_output(output, store)  # before the query runs: nothing computed for nothing
+            if file is not None and output.resolve() == file.resolve():
+                raise UserInputError(
+                    f"--output {output} is the --file holding the SQL: write the result elsewhere"
+                )
         chosen = core.format_for(output, fmt.value if fmt is not None else None)
         if chosen == "table" and output is not None:
             raise UserInputError(
@@ -111,7 +129,6 @@ def query(
             )
         if chosen == "parquet" and output is None:
             raise UserInputError("parquet is a binary format: add --output FILE.parquet")
-        store = open_store(load(config, {}), db)
         if show_schema:
             if sql is not None or file is not None:
                 raise UserInputError("--schema runs no SQL: drop the query or the --file")
@@ -120,13 +137,14 @@ def query(
         text = _sql_text(sql, file)
         if limit is None:
             limit = core.DEFAULT_TABLE_LIMIT if chosen == "table" else 0
-        result = core.run_query(store, text, write=write, limit=limit or None)
+        result = core.run_query(store, text, write=write, limit=limit or None,
+                                allow_files=allow_files)
         for notice in result.notices:
             err.print(notice, highlight=False, soft_wrap=True)
         if chosen == "table":
             _print_table(result)
         else:
-            core.write_result(result, chosen, output)
+            core.write_result(result, chosen, output, store=store)
             if output is not None:
                 err.print(f"wrote {_rows(result.table.num_rows)} to {output}", highlight=False,
                           soft_wrap=True)
@@ -142,7 +160,8 @@ def query(
 def export(
     kind: Annotated[ExportKind, typer.Argument(help="What to export.", case_sensitive=False)],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="File to write (replaced atomically).")
+        Path, typer.Option("--output", "-o", help="File to write (replaced atomically; never a "
+                                                  "DuckDB database or a folder).")
     ],
     fmt: Annotated[
         Optional[ExportFormat],
@@ -210,7 +229,7 @@ def _print_schema(core, store, chosen: str, output: Path | None) -> None:
         sys.stdout.write(core.schema_json(objects) + "\n")
         return
     if chosen != "table":
-        core.write_result(core.schema_rows(objects), chosen, output)
+        core.write_result(core.schema_rows(objects), chosen, output, store=store)
         return
     for obj in objects:
         title = f"[bold]{obj.name}[/] ({obj.kind})"

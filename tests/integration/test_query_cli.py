@@ -193,7 +193,10 @@ def build_research_db(path: Path, reports_dir: Path) -> list[str]:
         })
         with store.transaction() as con:
             con.execute(
-                "INSERT INTO runs VALUES (?, 'evaluate', ?, ?, 'sample', ?, 'SP500', ?, ?, "
+                "INSERT INTO runs (run_id, kind, created_at, strategy, source, universe, "
+                "benchmark, start_date, end_date, rebalance, seed, config_hash, config, "
+                "code_version, metrics, benchmark_metrics, report_path) "
+                "VALUES (?, 'evaluate', ?, ?, 'sample', ?, 'SP500', ?, ?, "
                 "'weekly', ?, ?, ?, 'test', ?, ?, NULL)",
                 [run_id, dt.datetime(2024, 3, 1, 12, number), orchestrator, tickers,
                  year[0].date(), year[-1].date(), number, f"cfg{number:013d}", json.dumps(config),
@@ -278,10 +281,12 @@ def test_output_file_format_from_suffix_or_flag(research_db, tmp_path, suffix):
 
 def test_sql_from_a_file(research_db, tmp_path):
     script = tmp_path / "q.sql"
-    script.write_text("-- two statements\nSET threads = 1;\nSELECT count(*) AS runs FROM v_runs;\n")
+    script.write_text("-- two statements (settings are locked, variables are not)\n"
+                      "SET VARIABLE kind = 'evaluate';\n"
+                      "SELECT count(*) AS runs FROM v_runs WHERE kind = getvariable('kind');\n")
     result = cli("query", "--file", str(script), "--format", "csv", "--db", str(research_db))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == "runs\n8\n"
+    assert result.stdout == "runs\n5\n"
 
 
 def test_read_only_refusal_then_write(db):

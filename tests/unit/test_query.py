@@ -49,7 +49,10 @@ def priced(store, sp500_closes) -> Store:
 def _insert_run(con, run_id: str, *, config: dict | None = None, metrics: dict | None = None,
                 benchmark_metrics: dict | None = None) -> None:
     con.execute(
-        "INSERT INTO runs VALUES (?, 'evaluate', TIMESTAMP '2024-01-01', 'policy', 'sample', "
+        "INSERT INTO runs (run_id, kind, created_at, strategy, source, universe, benchmark, "
+        "start_date, end_date, rebalance, seed, config_hash, config, code_version, metrics, "
+        "benchmark_metrics, report_path) "
+        "VALUES (?, 'evaluate', TIMESTAMP '2024-01-01', 'policy', 'sample', "
         "['AAPL', 'KO'], 'SP500', DATE '2021-01-04', DATE '2022-12-28', 'weekly', 1, 'h', ?, "
         "'test', ?, ?, NULL)",
         [run_id, json.dumps(config or {}), json.dumps(metrics or {}),
@@ -144,6 +147,27 @@ def test_missing_database_is_an_error_not_an_empty_file(tmp_path):
     assert result.rows() == [(0,)] and "created database" in result.notices[0]
 
 
+def test_a_query_is_confined_unless_files_are_allowed(store, tmp_path):
+    signals = tmp_path / "signals.csv"
+    signals.write_text("ticker,score\nAAPL,0.5\n")
+    sql = f"SELECT * FROM read_csv('{signals}')"
+    with pytest.raises(UserInputError, match="confined to the database.*--allow-files") as info:
+        query.run_query(store, sql)
+    assert "\n" not in str(info.value)
+    assert query.run_query(store, sql, allow_files=True).rows() == [("AAPL", 0.5)]
+
+
+def test_the_sandbox_ends_with_the_query(store, tmp_path):
+    """DuckDB settings belong to the open database, so the next unit of work must not inherit
+    them once the query's connection is closed."""
+    signals = tmp_path / "signals.csv"
+    signals.write_text("ticker\nAAPL\n")
+    query.run_query(store, "SELECT 1")
+    with store.connect(read_only=True) as con:
+        con.execute("SET threads = 1")
+        assert con.execute(f"SELECT count(*) FROM read_csv('{signals}')").fetchone() == (1,)
+
+
 @pytest.mark.parametrize("sql", ["", "   ", "-- just a comment"])
 def test_empty_sql(store, sql):
     with pytest.raises(UserInputError, match="no SQL statement"):
@@ -195,6 +219,37 @@ def test_output_into_a_missing_folder(store, tmp_path):
     result = query.run_query(store, "SELECT 1")
     with pytest.raises(UserInputError, match="does not exist"):
         query.write_result(result, "csv", tmp_path / "nope" / "r.csv")
+
+
+def test_check_output_refuses_what_a_result_must_not_replace(store, tmp_path):
+    with pytest.raises(UserInputError, match="is the database itself"):
+        query.check_output(store.path, store)
+    with pytest.raises(UserInputError, match="write-ahead log of the database"):
+        query.check_output(Path(f"{store.path}.wal"), store)  # it does not exist yet
+    with pytest.raises(UserInputError, match="is a DuckDB database"):
+        query.check_output(store.path)  # without the store the header still tells
+    with pytest.raises(UserInputError, match=".duckdb names are kept"):
+        query.check_output(tmp_path / "answer.duckdb")
+    query.check_output(tmp_path / "answer.csv", store)
+    result = query.run_query(store, "SELECT 1")
+    with pytest.raises(UserInputError, match="is a DuckDB database"):
+        query.write_result(result, "csv", store.path)
+    assert query.run_query(store, "SELECT count(*) FROM runs").rows() == [(0,)]
+
+
+def test_a_failed_write_keeps_the_file_that_was_there(store, tmp_path, monkeypatch):
+    target = tmp_path / "r.csv"
+    target.write_text("old\n")
+
+    def full_disk(result, fmt, path):
+        path.write_text("half a fi")
+        raise UserInputError("cannot write csv to r.csv: no space left on device")
+
+    monkeypatch.setattr(query, "_copy", full_disk)
+    with pytest.raises(UserInputError, match="no space left"):
+        query.write_result(query.run_query(store, "SELECT 1"), "csv", target)
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.duckdb", "r.csv"]
 
 
 @pytest.mark.parametrize(
@@ -274,7 +329,7 @@ def test_v_equity_returns_and_drawdown_match_the_metrics_module(store, sp500_clo
                           "cash": 0.0, "gross_exposure": 1.0, "benchmark_equity": float("nan")})
     with store.transaction() as con:
         con.register("_e", frame)
-        con.execute("INSERT INTO equity SELECT * FROM _e")
+        con.execute("INSERT INTO equity BY NAME SELECT * FROM _e")
     result = query.run_query(store, "SELECT * FROM v_equity ORDER BY date")
     view = pd.DataFrame(result.rows(), columns=result.columns)
     np.testing.assert_allclose(view["drawdown"], drawdown_series(equity).to_numpy(), atol=1e-12)
@@ -292,7 +347,8 @@ def test_v_decisions_forward_return_from_the_fill_close(priced, sp500_closes):
                          weight=0.1)
         _insert_decision(con, "r", 1, "AAPL", dates[-3].date(), dates[-2].date(), horizon=5)
         _insert_decision(con, "r", 2, "AAPL", dates[-1].date(), None, horizon=5)
-        con.execute("INSERT INTO equity VALUES ('r', ?, 2e6, 1e6, 0.5, NULL)", [dates[10].date()])
+        con.execute("INSERT INTO equity (run_id, date, equity, cash, gross_exposure) "
+                    "VALUES ('r', ?, 2e6, 1e6, 0.5)", [dates[10].date()])
     rows = query.run_query(
         priced, "SELECT decision_id, exit_date, forward_return, contribution, pnl_usd "
                 "FROM v_decisions ORDER BY decision_id",
