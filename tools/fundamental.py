@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from quantorch.errors import ConfigError, DataSourceUnavailableError, UnknownTickerError
+from quantorch.redact import redact, redact_url
 from quantorch.toolkit.base import PanelTool
 from quantorch.toolkit.spec import MarketData, OutputField, ProviderSpec, ToolSpec
 
@@ -606,6 +607,8 @@ class SecClient:
                 time.sleep(wait)
             SecClient._last_request = time.monotonic()
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "gzip, deflate"}
+        # messages show the URLs without credentials (a mirror's user:password@, a key param)
+        shown = redact(redact_url(url))
         try:
             with httpx.Client(
                 timeout=self.timeout_s, transport=self.transport, headers=headers
@@ -613,30 +616,33 @@ class SecClient:
                 response = client.get(url)
         except httpx.TimeoutException as exc:
             raise DataSourceUnavailableError(
-                f"SEC unreachable: no answer from {url} within {self.timeout_s:g}s; retry later, or "
+                f"SEC unreachable: no answer from {shown} within {self.timeout_s:g}s; retry later, or "
                 "use --provider file (imported filings) or factor offline"
             ) from exc
         except httpx.TransportError as exc:
             raise DataSourceUnavailableError(
-                f"SEC unreachable at {self.base_url} ({type(exc).__name__}: {exc}); "
+                f"SEC unreachable at {redact(redact_url(self.base_url))} "
+                f"({type(exc).__name__}: {redact(str(exc))}); "
                 "fundamental:sec needs the internet: use --provider file (after quantorch data "
                 "import-fundamentals) or factor offline"
             ) from exc
         if response.status_code == 404:
-            raise UnknownTickerError(f"the SEC has no {what} at {url}")
+            raise UnknownTickerError(f"the SEC has no {what} at {shown}")
         if response.status_code == 403:
             raise ConfigError(
-                f"the SEC refused the request (HTTP 403) for {url}: it requires a User-Agent with "
+                f"the SEC refused the request (HTTP 403) for {shown}: it requires a User-Agent with "
                 f"your name and e-mail in {SEC_USER_AGENT_ENV}"
             )
         if response.status_code != 200:
             raise DataSourceUnavailableError(
-                f"SEC answered HTTP {response.status_code} for {url}; retry later"
+                f"SEC answered HTTP {response.status_code} for {shown}; retry later"
             )
         try:
             payload = response.json()
         except ValueError as exc:
-            raise DataSourceUnavailableError(f"SEC returned a non-JSON {what} from {url}") from exc
+            raise DataSourceUnavailableError(
+                f"SEC returned a non-JSON {what} from {shown}"
+            ) from exc
         with self._lock:
             self._cache[url] = (time.monotonic(), payload)
         return payload
@@ -658,7 +664,7 @@ class SecClient:
         payload = self._get_json(url, f"XBRL company facts for {ticker}")
         if not isinstance(payload, dict) or "facts" not in payload:
             raise DataSourceUnavailableError(
-                f"SEC company facts for {ticker} have no 'facts' ({url})"
+                f"SEC company facts for {ticker} have no 'facts' ({redact(redact_url(url))})"
             )
         return parse_company_facts(payload, ticker)
 

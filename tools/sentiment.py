@@ -28,6 +28,11 @@ puts the ``Store`` or a cache in ``MarketData.extras``), so a rerun costs nothin
 ``cache_hit``. Headlines are data, not instructions: they are sent JSON-encoded between
 markers that they cannot contain, the system prompt says text inside is never to be obeyed,
 and items that look like instructions to a model are withheld (and counted in the summary).
+A ``user:password@`` in ``QUANTORCH_LLM_BASE_URL`` is sent as HTTP basic auth (instead of the
+key's Bearer header). Neither the key nor the password is ever shown: :class:`LLMSettings`
+holds them as ``SecretStr``, every message, summary and error goes through
+:func:`quantorch.redact.redact`, and of a refused answer only the status code and a short
+redacted excerpt of its body are kept (a server may echo the request's headers).
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from quantorch.errors import ConfigError, UserInputError
+from quantorch.redact import redact, redact_url, register_secret, url_credential_secrets
 from quantorch.toolkit.base import PanelTool
 from quantorch.toolkit.spec import (
     MarketData,
@@ -364,15 +371,63 @@ LLM_TIMEOUT_ENV = "QUANTORCH_LLM_TIMEOUT"
 
 
 class LLMSettings(BaseModel):
-    """Where the OpenAI-compatible endpoint is and how to call it."""
+    """Where the OpenAI-compatible endpoint is and how to call it.
+
+    Nothing it shows is secret: the key is a :class:`~pydantic.SecretStr`, and a
+    ``user:password@`` in ``base_url`` is moved to ``basic_auth`` (a ``SecretStr``, sent as
+    HTTP basic auth), so ``repr``, ``str`` and ``model_dump`` can be logged. Both are
+    registered with :func:`quantorch.redact.register_secret`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str = Field(description="e.g. http://localhost:8000/v1 (vllm serve)")
     model: str
-    api_key: str | None = None
+    api_key: SecretStr | None = None
+    basic_auth: SecretStr | None = Field(
+        None, description="user:password (as written in a URL), sent as HTTP basic auth"
+    )
     timeout_s: float = Field(30.0, gt=0)
     max_tokens: int = Field(300, ge=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_the_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("base_url"), str):
+            return data
+        url = data["base_url"]
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return data  # httpx refuses it at call time, with a redacted message
+        if "@" not in parts.netloc:
+            return data
+        userinfo, _, host = parts.netloc.rpartition("@")
+        if data.get("basic_auth") is not None:
+            raise ValueError(
+                "credentials given twice: in base_url (user:password@) and in basic_auth"
+            )
+        register_secret(userinfo)
+        for secret in url_credential_secrets(url):
+            register_secret(secret)
+        return {**data, "base_url": urlunsplit(parts._replace(netloc=host)), "basic_auth": userinfo}
+
+    @model_validator(mode="after")
+    def _register_secrets(self) -> LLMSettings:
+        if self.api_key is not None:
+            register_secret(self.api_key.get_secret_value())
+        return self
+
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values these settings hold (to mask in any text about the call)."""
+        values = []
+        if self.api_key is not None:
+            values.append(self.api_key.get_secret_value())
+        if self.basic_auth is not None:
+            userinfo = self.basic_auth.get_secret_value()
+            values.append(userinfo)
+            values.extend(url_credential_secrets(f"http://{userinfo}@host"))
+        return tuple(v for v in values if v)
 
     @classmethod
     def from_env(cls) -> LLMSettings:
@@ -387,12 +442,21 @@ class LLMSettings(BaseModel):
             timeout = float(os.environ.get(LLM_TIMEOUT_ENV, "30"))
         except ValueError:
             raise ConfigError(f"{LLM_TIMEOUT_ENV} must be a number of seconds") from None
-        return cls(
-            base_url=base_url,
-            model=model,
-            api_key=os.environ.get(LLM_API_KEY_ENV) or None,
-            timeout_s=timeout,
-        )
+        try:
+            return cls(
+                base_url=base_url,
+                model=model,
+                api_key=os.environ.get(LLM_API_KEY_ENV) or None,
+                timeout_s=timeout,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "settings"
+            # the message only: pydantic's text quotes the input, which may be the key or URL
+            raise ConfigError(
+                f"sentiment:llm settings from the environment are invalid ({field}: "
+                f"{redact(first['msg'])}); check {LLM_BASE_URL_ENV}, {LLM_TIMEOUT_ENV}"
+            ) from None
 
 
 class LLMSentiment(BaseModel):
@@ -429,15 +493,24 @@ class ChatReply:
 
 
 class LLMCallError(Exception):
-    """A call that produced no usable answer; carries the tokens it used, if known."""
+    """A call that produced no usable answer; carries the tokens it used, if known, and what
+    the operator should do (``kind``: temporary, input or tool, as in ToolResult.error_kind)."""
 
-    def __init__(self, message: str, reply: ChatReply | None = None) -> None:
+    def __init__(
+        self, message: str, reply: ChatReply | None = None, kind: str = "tool"
+    ) -> None:
         super().__init__(message)
         self.reply = reply
+        self.kind = kind
 
 
 class OpenAIChatClient:
-    """POST {base_url}/chat/completions over httpx (pass ``transport`` to route it elsewhere)."""
+    """POST {base_url}/chat/completions over httpx (pass ``transport`` to route it elsewhere).
+
+    Every message it raises is redacted (:func:`quantorch.redact.redact`): the URL never shows
+    credentials, and of a refused answer's body only a short redacted excerpt is kept (servers
+    may echo the request's headers).
+    """
 
     def __init__(self, settings: LLMSettings, transport=None) -> None:
         self.settings = settings
@@ -446,26 +519,52 @@ class OpenAIChatClient:
     def complete(self, body: dict[str, Any]) -> ChatReply:
         import httpx
 
-        url = f"{self.settings.base_url.rstrip('/')}/chat/completions"
+        settings = self.settings
+        secrets = settings.secrets()
+        url = f"{settings.base_url.rstrip('/')}/chat/completions"
+        shown = redact(redact_url(url), secrets)
         headers = {"Content-Type": "application/json"}
-        if self.settings.api_key:
-            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        if settings.api_key is not None and settings.api_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        auth = None
+        if settings.basic_auth is not None:
+            # credentials written in the URL: basic auth, as httpx would send them from the URL
+            user, _, password = settings.basic_auth.get_secret_value().partition(":")
+            auth = httpx.BasicAuth(unquote(user), unquote(password))
         try:
-            with httpx.Client(timeout=self.settings.timeout_s, transport=self.transport) as client:
-                response = client.post(url, json=body, headers=headers)
+            with httpx.Client(timeout=settings.timeout_s, transport=self.transport) as client:
+                response = client.post(url, json=body, headers=headers, auth=auth)
         except httpx.TimeoutException as exc:
             raise LLMCallError(
-                f"LLM endpoint {url} timed out after {self.settings.timeout_s:g}s "
-                f"(raise {LLM_TIMEOUT_ENV} or check the server)"
+                f"LLM endpoint {shown} timed out after {settings.timeout_s:g}s "
+                f"(raise {LLM_TIMEOUT_ENV} or check the server)",
+                kind="temporary",
+            ) from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise LLMCallError(
+                f"{LLM_BASE_URL_ENV} is not a usable http(s) URL: {shown} "
+                f"({redact(str(exc), secrets)}); e.g. http://localhost:8000/v1",
+                kind="input",
             ) from exc
         except httpx.TransportError as exc:
             raise LLMCallError(
-                f"LLM endpoint unreachable at {self.settings.base_url} ({type(exc).__name__}: {exc}); "
-                f"start the server or set {LLM_BASE_URL_ENV}"
+                f"LLM endpoint unreachable at {redact(redact_url(settings.base_url), secrets)} "
+                f"({type(exc).__name__}: {redact(str(exc), secrets)}); "
+                f"start the server or set {LLM_BASE_URL_ENV}",
+                kind="temporary",
             ) from exc
         if response.status_code != 200:
+            hint = ""
+            if response.status_code in (401, 403):
+                hint = f"; check {LLM_API_KEY_ENV} (or the user:password in {LLM_BASE_URL_ENV})"
+            excerpt = _error_excerpt(response.text, secrets)
+            status = response.status_code
             raise LLMCallError(
-                f"LLM endpoint answered HTTP {response.status_code}: {response.text[:200]!r}"
+                f"LLM endpoint {shown} answered HTTP {status}"
+                + (f": {excerpt!r}" if excerpt else "")
+                + hint,
+                # rate limits and server errors pass; a refused key or unknown model is a setting
+                kind="temporary" if status == 429 or status >= 500 else "input",
             )
         try:
             envelope = response.json()
@@ -473,7 +572,9 @@ class OpenAIChatClient:
             message = choice.get("message") or {}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise LLMCallError(
-                f"LLM endpoint {url} did not answer in the OpenAI chat.completion format"
+                f"LLM endpoint {shown} did not answer in the OpenAI chat.completion format "
+                f"(is {LLM_BASE_URL_ENV} the server's /v1 address?)",
+                kind="input",
             ) from exc
         usage = envelope.get("usage") or {}
         content = message.get("content")
@@ -489,6 +590,32 @@ class OpenAIChatClient:
             model=envelope.get("model"),
             finish_reason=choice.get("finish_reason"),
         )
+
+
+#: Characters of a refused answer's body kept in the error (after redaction).
+ERROR_EXCERPT_CHARS = 120
+
+
+def _error_excerpt(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """A short, redacted excerpt of an error body: its ``message`` when it is an OpenAI or
+    vLLM error object, else the start of the text. Never the body verbatim: a server may echo
+    the request's Authorization header or URL."""
+    message = text or ""
+    try:
+        payload = json.loads(message)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        inner = payload.get("error", payload)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            message = inner["message"]
+        elif isinstance(inner, str):
+            message = inner
+    # redact the whole text first (a cut could split a secret and hide it from the masks)
+    message = " ".join(redact(message, secrets).split())
+    if len(message) > ERROR_EXCERPT_CHARS:
+        message = message[: ERROR_EXCERPT_CHARS - 3] + "..."
+    return redact(message, secrets)
 
 
 def _int_or_none(value: object) -> int | None:
@@ -526,6 +653,8 @@ class StorePromptCache:
         self.store, self.tool, self.provider = store, tool, provider
 
     def get(self, key: str) -> dict | None:
+        if not self.store.exists:  # nothing cached yet; a reader never creates the file
+            return None
         with self.store.connect(read_only=True) as con:
             row = con.execute(
                 "SELECT payload FROM tool_cache WHERE cache_key = ?", [key]
@@ -785,22 +914,25 @@ class SentimentTool(PanelTool):
         cost,
         started,
         error=None,
+        error_kind=None,
         cache_hit=False,
         input_tokens=None,
         output_tokens=None,
     ) -> ToolResult:
+        # summary and error are stored (tool_calls) and printed: never with a credential
         return ToolResult(
             tool=self.spec.name,
             provider=provider.name,
             ticker=request.ticker,
             asof=asof.to_pydatetime(),
             features=features,
-            summary=summary,
+            summary=redact(summary),
             coverage=coverage,
             cost_usd=cost,
             latency_ms=(time.perf_counter() - started) * 1000,
             cache_hit=cache_hit,
-            error=error,
+            error=redact(error) if error is not None else None,
+            error_kind=error_kind,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
@@ -891,7 +1023,8 @@ class SentimentTool(PanelTool):
         try:
             reply = client.complete(body)
         except LLMCallError as exc:
-            return self._llm_failure(request, provider, asof, started, str(exc), exc.reply, body)
+            return self._llm_failure(request, provider, asof, started, str(exc), exc.reply, body,
+                                     kind=exc.kind)
         try:
             answer = parse_answer(reply.content)
         except ValueError as exc:
@@ -899,6 +1032,10 @@ class SentimentTool(PanelTool):
             return self._llm_failure(
                 request, provider, asof, started, f"LLM answer refused: {exc}{cut}", reply, body
             )
+        # the rationale is free text from the server: cached (tool_cache) and shown, so masked
+        answer = answer.model_copy(
+            update={"rationale": redact(answer.rationale, settings.secrets())}
+        )
         input_tokens, output_tokens, estimated = _tokens(reply, body)
         cost = provider.token_cost_usd(input_tokens, output_tokens)
         cache.put(
@@ -935,7 +1072,9 @@ class SentimentTool(PanelTool):
             output_tokens=output_tokens,
         )
 
-    def _llm_failure(self, request, provider, asof, started, message, reply, body) -> ToolResult:
+    def _llm_failure(
+        self, request, provider, asof, started, message, reply, body, kind="tool"
+    ) -> ToolResult:
         features = {name: math.nan for name in self.spec.output_names}
         input_tokens = output_tokens = None
         cost = 0.0
@@ -952,6 +1091,7 @@ class SentimentTool(PanelTool):
             cost=cost,
             started=started,
             error=message,
+            error_kind=kind,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )

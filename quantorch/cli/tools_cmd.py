@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from quantorch.cli._common import (
     ConfigOpt,
@@ -17,27 +18,26 @@ from quantorch.cli._common import (
     DebugOpt,
     JsonOpt,
     SourceOpt,
+    compact_table,
     err,
     guard,
     load,
+    new_app,
     open_store,
     out,
     parse_date,
 )
 from quantorch.errors import DateRangeError, PluginError, RetryableError, UserInputError
 
-tools_app = typer.Typer(
-    help="Analysis tools: list them with their providers and prices, or run one call.",
-    no_args_is_help=True,
+tools_app = new_app(
+    "Analysis tools: list them with their providers and prices, or run one call.",
 )
 
 
 def _price(provider: Any) -> str:
+    """A call's price in a few characters: token-priced providers show their expected bill."""
     if provider.usd_per_1k_input_tokens or provider.usd_per_1k_output_tokens:
-        return (
-            f"${provider.usd_per_1k_input_tokens:g}/1k in + ${provider.usd_per_1k_output_tokens:g}"
-            f"/1k out (~${provider.expected_cost_usd:.4f})"
-        )
+        return f"~${provider.expected_cost_usd:.4f}"
     return f"${provider.usd_per_call:g}"
 
 
@@ -76,24 +76,24 @@ def tools_list(
         if json_output:
             sys.stdout.write(json.dumps([_spec_json(t.spec) for t in tools]) + "\n")
             return
-        table = Table(title="analysis tools (price per call, expected latency)")
-        for column in ("tool", "provider", "price USD", "latency", "outputs", "what it does"):
-            table.add_column(column, overflow="fold")
+        table = compact_table("analysis tools (* = default provider)")
+        for column in ("tool:provider", "price", "latency", "what it does"):
+            table.add_column(column, justify="right" if column in {"price", "latency"} else "left",
+                             no_wrap=column != "what it does")
         for tool in tools:
             spec = tool.spec
-            for i, provider in enumerate(spec.providers):
-                default = " (default)" if provider.name == spec.default_provider else ""
+            for provider in spec.providers:
+                default = "*" if provider.name == spec.default_provider else ""
                 flags = ", ".join(
                     flag for flag, on in (("online", provider.online),
                                           ("not cached", not provider.deterministic)) if on
                 )
+                what = provider.description + (f" [{flags}]" if flags else "")
                 table.add_row(
-                    spec.name if i == 0 else "",
-                    provider.name + default,
+                    f"{spec.name}:{provider.name}{default}",
                     _price(provider),
                     f"{provider.expected_latency_ms:g} ms",
-                    str(len(spec.provider_outputs(provider.name))),
-                    provider.description + (f" [{flags}]" if flags else ""),
+                    Text(f"{what}; {len(spec.provider_outputs(provider.name))} outputs"),
                 )
         out.print(table)
 
@@ -164,7 +164,6 @@ def tools_run(
     Example: quantorch tools run technical --ticker AAPL --asof 2021-03-01 --provider full
     """
     with guard(debug):
-        from quantorch.backtest.runner import benchmark_symbol
         from quantorch.toolkit.market import load_ticker_history
         from quantorch.toolkit.registry import get_tool, resolve_provider
         from quantorch.toolkit.runner import ToolRunner
@@ -181,7 +180,7 @@ def tools_run(
         store = open_store(cfg, db)
         with err.status(f"loading {symbol} from {cfg.data.source}", spinner="dots"):
             market = load_ticker_history(
-                store, cfg.data.source, symbol, benchmark=benchmark_symbol(cfg)
+                store, cfg.data.source, symbol, benchmark=cfg.benchmark_symbol
             )
         if when is None:
             when = market.prices.close[symbol].dropna().index[-1].date()
@@ -200,8 +199,9 @@ def tools_run(
         else:
             _print_result(result, tool.spec)
         if result.error is not None:
-            temporary = result.error.startswith(("timeout", "temporary"))
-            error_type = RetryableError if temporary else PluginError
+            error_type = {"input": UserInputError, "temporary": RetryableError}.get(
+                result.error_kind or "tool", PluginError
+            )
             raise error_type(result.error)
 
 

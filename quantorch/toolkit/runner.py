@@ -50,9 +50,17 @@ from quantorch.errors import (
     UserInputError,
     closest,
 )
+from quantorch.redact import redact
 from quantorch.store import Store
 from quantorch.toolkit.registry import get_tool, resolve_provider
-from quantorch.toolkit.spec import MarketData, ProviderSpec, Tool, ToolRequest, ToolResult
+from quantorch.toolkit.spec import (
+    ErrorKind,
+    MarketData,
+    ProviderSpec,
+    Tool,
+    ToolRequest,
+    ToolResult,
+)
 
 __all__ = [
     "ToolRunner",
@@ -267,7 +275,8 @@ class ToolRunner:
             try:
                 checked = self.check(request, data)
             except QuantorchError as exc:
-                results[i] = self._failure(request, f"rejected: {exc}", cost=0.0, started=started)
+                results[i] = self._failure(request, f"rejected: {exc}", cost=0.0, started=started,
+                                           kind="input")
                 self._record(results[i], request.arguments)
                 continue
             cut = cut_at(data, checked.request.asof)
@@ -318,18 +327,25 @@ class ToolRunner:
                     f"timeout: {request.tool}:{provider.name} took longer than {self.timeout_s:g}s",
                     cost=provider.usd_per_call,
                     started=started,
+                    kind="temporary",
                 )
         latency_ms = (time.perf_counter() - started) * 1000
         if "error" in outcome:
             exc = outcome["error"]
-            # a temporary failure (network, endpoint down) is worth retrying; anything else is
-            # a fault of the tool
-            kind = "temporary failure" if isinstance(exc, RetryableError) else "tool fault"
+            # a temporary failure (network, endpoint down) is worth retrying; a setting the tool
+            # needs is the operator's to fix; anything else is a fault of the tool
+            kind: ErrorKind = (
+                "temporary" if isinstance(exc, RetryableError)
+                else "input" if isinstance(exc, UserInputError)
+                else "tool"
+            )
+            label = {"temporary": "temporary failure", "input": "bad setting", "tool": "tool fault"}
             return self._failure(
                 request,
-                f"{kind}: {request.tool}:{provider.name} raised {type(exc).__name__}: {exc}",
+                f"{label[kind]}: {request.tool}:{provider.name} raised {type(exc).__name__}: {exc}",
                 cost=provider.usd_per_call,
                 started=started,
+                kind=kind,
             )
         try:
             return self._conform(outcome.get("result"), checked, latency_ms)
@@ -366,7 +382,13 @@ class ToolRunner:
             }
         )
 
-    def _failure(self, request: ToolRequest, error: str, *, cost: float, started: float) -> ToolResult:
+    def _failure(
+        self, request: ToolRequest, error: str, *, cost: float, started: float,
+        kind: ErrorKind = "tool",
+    ) -> ToolResult:
+        # the text goes to tool_calls, summaries and stderr: an exception's message may carry a
+        # URL with credentials or an echoed Authorization header
+        error = redact(error)
         names: tuple[str, ...] = ()
         provider = request.provider or ""
         try:
@@ -390,6 +412,7 @@ class ToolRunner:
             cost_usd=cost,
             latency_ms=(time.perf_counter() - started) * 1000,
             error=error,
+            error_kind=kind,
             run_id=self.run_id,
         )
 
@@ -421,7 +444,7 @@ class ToolRunner:
         """
         found = {k: self._memory[k] for k, _, _ in wanted if k in self._memory}
         missing = [(k, t, p) for k, t, p in wanted if k not in found]
-        if not missing or self.store is None:
+        if not missing or self.store is None or not self.store.exists:
             return found
         pairs = sorted({(t, p) for _, t, p in missing} - set(self._stored_keys))
         if pairs:

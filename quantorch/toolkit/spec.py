@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from quantorch.data.panel import PricePanel
 
 __all__ = [
+    "ErrorKind",
     "ProviderSpec",
     "OutputField",
     "ToolSpec",
@@ -159,6 +160,10 @@ class ToolSpec(_Frozen):
         }
 
 
+#: What a failed call asks of the operator (see :class:`ToolResult`).
+ErrorKind = Literal["input", "temporary", "tool"]
+
+
 class ToolRequest(_Frozen):
     """One call: which tool and provider, for which ticker, as of which decision time."""
 
@@ -189,6 +194,7 @@ class ToolResult(_Frozen):
     latency_ms: float = Field(ge=0)
     cache_hit: bool = False
     error: str | None = None
+    error_kind: ErrorKind | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     run_id: str | None = None

@@ -9,6 +9,7 @@ usage when it has one, and carries its tokens and cost for the call log.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -121,6 +122,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif scenario == "slow":
             time.sleep(1.5)
             body = vllm_completion(_answer(0.0))
+        elif scenario == "echo401":  # an error object that quotes the credentials it got
+            status = 401
+            auth = self.headers.get("Authorization")
+            body = {
+                "error": {"message": f"Incorrect API key provided: {auth}", "code": 401},
+                "headers": dict(self.headers),
+            }
+        elif scenario == "echo500text":  # a proxy's plain-text page dumping the request
+            payload = (
+                f"Bad gateway\nAuthorization: {self.headers.get('Authorization')}\n"
+                + "".join(f"{k}: {v}\n" for k, v in self.headers.items())
+                + "upstream said: "
+                + "blah " * 200
+            ).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         else:  # "error": vLLM's error object with HTTP 500
             status = 500
             body = {
@@ -165,6 +186,31 @@ def endpoint(server, monkeypatch):
 
     _Handler.received = []
     return configure
+
+
+SECRET_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+def secret_endpoint(server, monkeypatch):
+    """Like ``endpoint``, with a real-looking key and credentials in the URL."""
+
+    def configure(scenario: str, *, in_url: bool = True, timeout: float = 5.0) -> str:
+        credentials = "quant:pa%40ss-word-42@" if in_url else ""
+        url = server.replace("http://", f"http://{credentials}") + f"/{scenario}/v1"
+        monkeypatch.setenv("QUANTORCH_LLM_BASE_URL", url)
+        monkeypatch.setenv("QUANTORCH_LLM_MODEL", MODEL)
+        monkeypatch.setenv("QUANTORCH_LLM_API_KEY", SECRET_KEY)
+        monkeypatch.setenv("QUANTORCH_LLM_TIMEOUT", str(timeout))
+        return url
+
+    _Handler.received = []
+    return configure
+
+
+def _shows_a_secret(text: str) -> bool:
+    basic = base64.b64encode(b"quant:pa@ss-word-42").decode()
+    return any(s in text for s in (SECRET_KEY, "pa%40ss-word-42", "pa@ss-word-42", basic))
 
 
 def market(headlines=HEADLINES, cache=None) -> MarketData:
@@ -326,3 +372,67 @@ def test_the_runner_logs_tokens_and_cost(endpoint, tmp_path):
             "WHERE tool = 'sentiment' AND provider = 'llm'"
         ).fetchall()
     assert row == [(812, 41, pytest.approx(result.cost_usd), False, None)]
+
+
+def test_settings_never_show_the_key_or_the_password(secret_endpoint):
+    from quantorch.tools.sentiment import LLMSettings
+
+    secret_endpoint("ok")
+    settings = LLMSettings.from_env()
+    shown = [repr(settings), str(settings), str(settings.model_dump()),
+             settings.model_dump_json(), json.dumps(settings.model_dump(mode="json"))]  # fmt: skip
+    assert not any(_shows_a_secret(text) for text in shown), shown
+    assert "quant" not in settings.base_url and settings.base_url.endswith("/ok/v1")
+    assert settings.api_key.get_secret_value() == SECRET_KEY
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(secret_endpoint):
+    secret_endpoint("ok")
+    result = call(market())
+    assert result.error is None and result.features["sentiment_score"] == 0.35
+    sent = _Handler.received[-1]
+    # as httpx sends a URL's user:password@ (decoded), which wins over the API key's Bearer
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"quant:pa@ss-word-42").decode()
+    assert sent["path"] == "/ok/v1/chat/completions"
+    assert not _shows_a_secret(result.summary)
+
+
+@pytest.mark.parametrize("in_url", [False, True])
+@pytest.mark.parametrize("scenario", ["echo401", "echo500text", "error"])
+def test_an_error_body_is_kept_as_a_short_redacted_excerpt(secret_endpoint, scenario, in_url):
+    secret_endpoint(scenario, in_url=in_url)
+    result = call(market())
+    expected = "Basic " if in_url else f"Bearer {SECRET_KEY}"
+    assert _Handler.received[-1]["authorization"].startswith(expected)  # it was echoed back
+    assert result.error is not None and not result.coverage and result.cost_usd == 0
+    assert not _shows_a_secret(result.error) and not _shows_a_secret(result.summary)
+    status = "401" if scenario == "echo401" else "500"
+    assert f"answered HTTP {status}" in result.error
+    assert len(result.error) < 400  # an excerpt: never the body (here ~1,500 characters)
+    if scenario == "echo401":
+        assert "Incorrect API key provided: " in result.error
+        assert "check QUANTORCH_LLM_API_KEY" in result.error
+    if scenario == "echo500text":
+        assert "Bad gateway" in result.error and "upstream said" not in result.error
+
+
+def test_timeouts_and_unreachable_endpoints_never_show_the_credentials(
+    secret_endpoint, monkeypatch
+):
+    url = secret_endpoint("slow", timeout=0.3)
+    slow = call(market())
+    assert "timed out" in slow.error and "/slow/v1/chat/completions" in slow.error
+    assert not _shows_a_secret(slow.error) and not _shows_a_secret(slow.summary)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(
+        "QUANTORCH_LLM_BASE_URL", f"http://quant:pa%40ss-word-42@127.0.0.1:{port}/v1"
+    )
+    down = call(market())
+    assert "unreachable" in down.error and f"127.0.0.1:{port}" in down.error
+    assert not _shows_a_secret(down.error)
+    monkeypatch.setenv("QUANTORCH_LLM_BASE_URL", url.replace("http://", "htp://"))
+    bad = call(market())
+    assert "QUANTORCH_LLM_BASE_URL is not a usable http(s) URL" in bad.error
+    assert not _shows_a_secret(bad.error)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from quantorch.data.panel import PRICE_COLUMNS
 from quantorch.errors import DataSourceUnavailableError, UserInputError
+from quantorch.redact import redact
 
 __all__ = ["YFinanceProvider"]
 
@@ -77,10 +78,11 @@ class YFinanceProvider:
         frame = _to_long(raw, tickers)
         missing = sorted(set(tickers) - set(frame["ticker"]))
         if missing:
-            detail = f": {errors[-1]}" if errors else ""
+            # yfinance's log lines and errors may carry request URLs (a proxy's user:password@)
+            detail = f": {redact(errors[-1])}" if errors else ""
             raise DataSourceUnavailableError(
                 f"yfinance returned no prices for {', '.join(missing)} between {start} and {end}"
-                f"{_shorten(detail)} (check the symbols and your internet connection, or use "
+                f"{redact(_shorten(detail))} (check the symbols and your internet connection, or use "
                 "--source sample offline)"
             )
         return frame
@@ -123,7 +125,7 @@ class YFinanceProvider:
                     continue
                 except (OSError, ValueError, RuntimeError) as exc:
                     raise DataSourceUnavailableError(
-                        f"yfinance failed: {exc} (check your internet connection)"
+                        f"yfinance failed: {redact(str(exc))} (check your internet connection)"
                     ) from exc
                 rate_limited = any("rate limit" in m.lower() for m in capture.messages)
                 if rate_limited and attempt < self.retries and (raw is None or raw.empty):
