@@ -42,12 +42,15 @@ __all__ = [
 ]
 
 DB_ENV_VAR = "QUANTORCH_DB"
+#: The benchmark named in a config, as each source spells it.
+_BENCHMARK_ALIASES = {("yfinance", "SP500"): "^GSPC"}
 Rebalance = Literal["daily", "weekly", "monthly"]
 SourceName = Literal["sample", "yfinance", "file"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN are never a valid setting (an infinite cash or fee crashes the engine later)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CostConfig(_Strict):
@@ -167,8 +170,14 @@ class QuantorchConfig(_Strict):
     def _benchmark_upper(cls, value: str) -> str:
         return value.strip().upper()
 
-    def with_overrides(self, overrides: dict[str, Any]) -> QuantorchConfig:
-        """A copy with dotted-key overrides applied (``{"costs.fee_bps": 2}``), re-validated."""
+    def with_overrides(
+        self, overrides: dict[str, Any], labels: dict[str, str] | None = None
+    ) -> QuantorchConfig:
+        """A copy with dotted-key overrides applied (``{"costs.fee_bps": 2}``), re-validated.
+
+        ``labels`` names where each key came from (``{"costs.fee_bps": "--fee-bps"}``), so a bad
+        value is reported as the flag the user typed.
+        """
         data = self.model_dump(mode="python")
         for dotted, value in overrides.items():
             if value is None:
@@ -178,7 +187,15 @@ class QuantorchConfig(_Strict):
             for key in parents:
                 node = node[key]
             node[leaf] = value
-        return _validate(data, source="command-line options")
+        given = {k: labels.get(k, k) for k, v in overrides.items() if v is not None} if labels else {}
+        return _validate(data, source="command-line options", labels=given)
+
+    @property
+    def benchmark_symbol(self) -> str | None:
+        """The benchmark ticker as the configured source spells it (None when disabled)."""
+        if self.benchmark in {"", "NONE"}:
+            return None
+        return _BENCHMARK_ALIASES.get((self.data.source, self.benchmark), self.benchmark)
 
     def config_hash(self) -> str:
         """A stable hash of everything that changes a run's result (not paths)."""
@@ -192,12 +209,18 @@ def default_config_path() -> Path:
     return Path(str(resources.files("quantorch.configs").joinpath("default.yaml")))
 
 
-def _validate(data: Any, source: str) -> QuantorchConfig:
+def _validate(data: Any, source: str, labels: dict[str, str] | None = None) -> QuantorchConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
     try:
         return QuantorchConfig.model_validate(data)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+        flag = (labels or {}).get(field)
+        if flag is not None and flag.startswith("-"):
+            got = first.get("input")
+            raise ConfigError(f"bad {flag} {got!r}: {first['msg'].lower()}") from exc
         raise ConfigError(f"{source}: {_describe(exc)}") from exc
 
 
@@ -215,33 +238,53 @@ def _describe(exc: ValidationError) -> str:
     return f"field '{field}': {first['msg']}{got_text}; fix this value{more}"
 
 
+def read_yaml_file(path: Path, what: str, fix: str = "check the path") -> Any:
+    """The parsed YAML of a settings file, or one clear :class:`ConfigError`.
+
+    ``what`` names the kind of file in messages ("config file", "profile file"), ``fix`` what
+    to do about a missing one. A missing or unreadable file, a binary file and malformed YAML
+    are all refused with the path and the fix.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} not found ({fix})") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{what} {path} is a folder: pass a YAML file") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    try:
+        if b"\x00" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\x00"), raw.index(b"\x00") + 1,
+                                     "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text YAML file (byte {exc.start + 1} is not UTF-8 text); pass a "
+            f"YAML {what}"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(
+            f"{path}: malformed YAML{where}: {problem} (fix the syntax there)"
+        ) from exc
+
+
 def load_config(path: str | Path | None = None) -> QuantorchConfig:
     """Load and validate a config file; ``None`` loads the packaged default.
 
     Raises
     ------
     ConfigError
-        The file is missing, is not valid YAML, or fails validation. The message names the file,
-        the field and the fix.
+        The file is missing, is not a text YAML file, or fails validation. The message names
+        the file, the field and the fix.
     """
     config_path = Path(path) if path is not None else default_config_path()
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"config file {config_path} not found (pass an existing file with --config)"
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(
-            f"{config_path}: malformed YAML{where}: {problem} (fix the syntax there)"
-        ) from exc
+    data = read_yaml_file(config_path, "config file", "pass an existing file with --config")
     return _validate(data if data is not None else {}, source=str(config_path))
 
 

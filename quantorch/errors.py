@@ -23,6 +23,7 @@ __all__ = [
     "RetryableError",
     "DataSourceUnavailableError",
     "DatabaseLockedError",
+    "StorageError",
     "PluginError",
     "closest",
 ]
@@ -68,6 +69,10 @@ class DataSourceUnavailableError(RetryableError):
 
 class DatabaseLockedError(RetryableError):
     """The DuckDB file is held by another process for longer than the retry budget."""
+
+
+class StorageError(RetryableError):
+    """The file system refused a write (full disk, read-only folder); nothing was kept."""
 
 
 class PluginError(QuantorchError):

@@ -12,9 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from quantorch.config import read_yaml_file
 from quantorch.errors import ConfigError, UserInputError, closest
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RiskLimits(_Strict):
@@ -149,14 +149,7 @@ def load_profile(name_or_path: str | Path, known_tools: list[str] | None = None)
                 f"{', '.join(names)}; or pass a YAML file path"
             )
         path = shipped
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"profile file {path} not found") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{where} (fix the syntax there)") from exc
+    data = read_yaml_file(path, "profile file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of profile settings")
     data.setdefault("name", path.stem)

@@ -227,11 +227,12 @@ def _quote(text: str) -> str:
 
 
 def _documented_view(
-    name: str, sql: str, description: str, columns: dict[str, str]
+    name: str, sql: str, description: str, columns: dict[str, str], *, replace: bool = False
 ) -> tuple[str, ...]:
     """CREATE VIEW plus COMMENT ON VIEW and one COMMENT ON COLUMN per documented column."""
+    create = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW"
     return (
-        f"CREATE VIEW {name} AS {sql}",
+        f"{create} {name} AS {sql}",
         f"COMMENT ON VIEW {name} IS {_quote(description)}",
         *(f"COMMENT ON COLUMN {name}.{col} IS {_quote(text)}" for col, text in columns.items()),
     )
@@ -501,6 +502,41 @@ _COLUMN_COMMENTS = {
     },
 }
 
+_V_RUNS_DOCS = {
+    "profile": "the one profile of the run's decisions ('mixed' if several), else the "
+               "config's top-level `profile`, else 'none'",
+    "n_tickers": "number of tickers in the universe",
+    "years": "calendar years from start_date to end_date",
+    "fee_bps": "commission from the config, bps of traded notional",
+    "slippage_bps": "slippage from the config, bps of the fill price",
+    "initial_cash": "starting cash from the config (USD)",
+    "total_return": "strategy total return over the period (fraction)",
+    "cagr": "compound annual growth rate (fraction)",
+    "volatility": "annualised volatility of daily returns (fraction)",
+    "sharpe": "annualised Sharpe ratio (risk-free rate 0)",
+    "sortino": "annualised Sortino ratio",
+    "max_drawdown": "worst peak-to-trough fall (negative fraction)",
+    "calmar": "cagr / |max_drawdown|",
+    "turnover": "traded notional per year / mean equity",
+    "exposure": "mean gross exposure",
+    "fees_paid": "commissions paid (USD)",
+    "slippage_paid": "slippage paid (USD)",
+    **{f"benchmark_{k}": f"{k} of the benchmark" for k in _BENCHMARK_METRIC_KEYS},
+    "excess_return": "total_return - benchmark_total_return",
+}
+
+_V_EQUITY_DOCS = {
+    "session": "1 for the first session of the run, then 2, 3, ...",
+    "daily_return": "equity / previous session equity - 1; NULL on the first session",
+    "cumulative_return": "equity / first session equity - 1",
+    "peak_equity": "highest equity up to and including this session",
+    "drawdown": "equity / peak_equity - 1 (0 at a new high, negative below it)",
+    "benchmark_equity": "benchmark rebased to the initial cash; NULL without a benchmark",
+    "benchmark_daily_return": "benchmark daily return",
+    "benchmark_drawdown": "benchmark drawdown from its running peak",
+    "active_return": "daily_return - benchmark_daily_return",
+}
+
 _V4 = (
     *(
         f"COMMENT ON COLUMN {table}.{column} IS {_quote(text)}"
@@ -511,45 +547,14 @@ _V4 = (
         "v_runs",
         _V_RUNS,
         "Runs with their config, period and metrics flattened to columns (returns as fractions)",
-        {
-            "profile": "the one profile of the run's decisions ('mixed' if several), else the "
-                       "config's top-level `profile`, else 'none'",
-            "n_tickers": "number of tickers in the universe",
-            "years": "calendar years from start_date to end_date",
-            "fee_bps": "commission from the config, bps of traded notional",
-            "slippage_bps": "slippage from the config, bps of the fill price",
-            "initial_cash": "starting cash from the config (USD)",
-            "total_return": "strategy total return over the period (fraction)",
-            "cagr": "compound annual growth rate (fraction)",
-            "volatility": "annualised volatility of daily returns (fraction)",
-            "sharpe": "annualised Sharpe ratio (risk-free rate 0)",
-            "sortino": "annualised Sortino ratio",
-            "max_drawdown": "worst peak-to-trough fall (negative fraction)",
-            "calmar": "cagr / |max_drawdown|",
-            "turnover": "traded notional per year / mean equity",
-            "exposure": "mean gross exposure",
-            "fees_paid": "commissions paid (USD)",
-            "slippage_paid": "slippage paid (USD)",
-            **{f"benchmark_{k}": f"{k} of the benchmark" for k in _BENCHMARK_METRIC_KEYS},
-            "excess_return": "total_return - benchmark_total_return",
-        },
+        _V_RUNS_DOCS,
     ),
     *_documented_view(
         "v_equity",
         _V_EQUITY,
         "Daily equity of each run with daily return, cumulative return and drawdown, and the "
         "same for its benchmark",
-        {
-            "session": "1 for the first session of the run, then 2, 3, ...",
-            "daily_return": "equity / previous session equity - 1; NULL on the first session",
-            "cumulative_return": "equity / first session equity - 1",
-            "peak_equity": "highest equity up to and including this session",
-            "drawdown": "equity / peak_equity - 1 (0 at a new high, negative below it)",
-            "benchmark_equity": "benchmark rebased to the initial cash; NULL without a benchmark",
-            "benchmark_daily_return": "benchmark daily return",
-            "benchmark_drawdown": "benchmark drawdown from its running peak",
-            "active_return": "daily_return - benchmark_daily_return",
-        },
+        _V_EQUITY_DOCS,
     ),
     *_documented_view(
         "v_tool_usage",
@@ -613,11 +618,116 @@ _V4 = (
     ),
 )
 
+# ---- migration 5: an honest comparison beside the index ----------------------------------------
+# The sample's S&P 500 series is a price index (no dividends) while the stocks are total-return
+# adjusted closes, so every run also stores the equal-weight buy-and-hold of its own universe
+# (same engine, same costs) and says what its benchmark series is.
+
+_V_RUNS_5 = f"""
+WITH run_profile AS ({_RUN_PROFILES})
+SELECT
+    run_id, kind, created_at, strategy, p.profile, source, universe,
+    len(universe) AS n_tickers, benchmark, benchmark_label, start_date, end_date,
+    (end_date - start_date) / 365.25 AS years, rebalance, seed,
+    TRY_CAST(json_extract_string(config, '$.costs.fee_bps') AS DOUBLE) AS fee_bps,
+    TRY_CAST(json_extract_string(config, '$.costs.slippage_bps') AS DOUBLE) AS slippage_bps,
+    TRY_CAST(json_extract_string(config, '$.backtest.initial_cash') AS DOUBLE) AS initial_cash,
+    {_json_doubles("metrics", _METRIC_KEYS)},
+    {_json_doubles("benchmark_metrics", _BENCHMARK_METRIC_KEYS, prefix="benchmark_")},
+    {_json_doubles("equal_weight_metrics", _BENCHMARK_METRIC_KEYS, prefix="equal_weight_")},
+    TRY_CAST(json_extract_string(metrics, '$.total_return') AS DOUBLE)
+      - TRY_CAST(json_extract_string(benchmark_metrics, '$.total_return') AS DOUBLE)
+      AS excess_return,
+    TRY_CAST(json_extract_string(metrics, '$.total_return') AS DOUBLE)
+      - TRY_CAST(json_extract_string(equal_weight_metrics, '$.total_return') AS DOUBLE)
+      AS excess_return_vs_equal_weight,
+    config_hash, code_version, config, metrics, benchmark_metrics, equal_weight_metrics,
+    report_path
+FROM runs
+LEFT JOIN run_profile AS p USING (run_id)
+"""
+
+_V_EQUITY_5 = """
+SELECT
+    run_id, date, session, equity, cash, gross_exposure, daily_return,
+    equity / first_equity - 1 AS cumulative_return,
+    peak_equity, equity / peak_equity - 1 AS drawdown,
+    benchmark_equity, benchmark_daily_return,
+    benchmark_equity / benchmark_peak - 1 AS benchmark_drawdown,
+    daily_return - benchmark_daily_return AS active_return,
+    equal_weight_equity, equal_weight_daily_return,
+    equal_weight_equity / equal_weight_peak - 1 AS equal_weight_drawdown,
+    daily_return - equal_weight_daily_return AS active_return_vs_equal_weight
+FROM (
+    SELECT
+        run_id, date, equity, cash, gross_exposure, benchmark_equity, equal_weight_equity,
+        row_number() OVER w AS session,
+        equity / lag(equity) OVER w - 1 AS daily_return,
+        first_value(equity) OVER w AS first_equity,
+        max(equity) OVER w AS peak_equity,
+        benchmark_equity / lag(benchmark_equity) OVER w - 1 AS benchmark_daily_return,
+        max(benchmark_equity) OVER w AS benchmark_peak,
+        equal_weight_equity / lag(equal_weight_equity) OVER w - 1 AS equal_weight_daily_return,
+        max(equal_weight_equity) OVER w AS equal_weight_peak
+    FROM (
+        -- a run without a benchmark may store NaN: treat it as missing
+        SELECT run_id, date, equity, cash, gross_exposure,
+               nullif(benchmark_equity, 'NaN'::DOUBLE) AS benchmark_equity,
+               nullif(equal_weight_equity, 'NaN'::DOUBLE) AS equal_weight_equity
+        FROM equity
+    )
+    WINDOW w AS (PARTITION BY run_id ORDER BY date
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)
+"""
+
+_V5 = (
+    "ALTER TABLE runs ADD COLUMN benchmark_label VARCHAR",
+    "ALTER TABLE runs ADD COLUMN equal_weight_metrics JSON",
+    "ALTER TABLE equity ADD COLUMN equal_weight_equity DOUBLE",
+    "COMMENT ON COLUMN runs.benchmark_label IS 'what the benchmark series is, e.g. \"S&P 500 "
+    "price index (excludes dividends)\"; NULL for runs stored before schema version 5'",
+    "COMMENT ON COLUMN runs.equal_weight_metrics IS 'the same metrics for the equal-weight "
+    "buy-and-hold of the run''s universe (bought at the first fill with the same costs, never "
+    "rebalanced)'",
+    "COMMENT ON COLUMN equity.equal_weight_equity IS 'equal-weight buy-and-hold of the run''s "
+    "universe (same engine and costs, never rebalanced), from the initial cash; NULL for runs "
+    "stored before schema version 5'",
+    *_documented_view(
+        "v_runs",
+        _V_RUNS_5,
+        "Runs with their config, period and metrics flattened to columns (returns as fractions)",
+        {
+            **_V_RUNS_DOCS,
+            "benchmark_label": "what the benchmark series is (e.g. a price index without "
+                               "dividends)",
+            **{f"equal_weight_{k}": f"{k} of the equal-weight buy-and-hold of the universe"
+               for k in _BENCHMARK_METRIC_KEYS},
+            "excess_return_vs_equal_weight": "total_return - equal_weight_total_return",
+        },
+        replace=True,
+    ),
+    *_documented_view(
+        "v_equity",
+        _V_EQUITY_5,
+        "Daily equity of each run with daily return, cumulative return and drawdown, and the "
+        "same for its benchmark and for the equal-weight buy-and-hold of its universe",
+        {
+            **_V_EQUITY_DOCS,
+            "equal_weight_daily_return": "equal-weight buy-and-hold daily return",
+            "equal_weight_drawdown": "equal-weight buy-and-hold drawdown from its running peak",
+            "active_return_vs_equal_weight": "daily_return - equal_weight_daily_return",
+        },
+        replace=True,
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
     Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
     Migration(3, "decisions", _V3),
     Migration(4, "research views; descriptions of every column", _V4),
+    Migration(5, "equal-weight comparison and benchmark label on every run", _V5),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -13,10 +13,28 @@ from pathlib import Path
 import duckdb
 
 from quantorch import __version__
-from quantorch.errors import DatabaseLockedError, UserInputError
+from quantorch.errors import ConfigError, DatabaseLockedError, StorageError, UserInputError
 from quantorch.store._schema import LATEST_VERSION, MIGRATIONS
 
 _LOCK_PATTERN = re.compile(r"Conflicting lock is held in (?P<proc>.+?) \(PID (?P<pid>\d+)\)")
+LOCK_TIMEOUT_ENV = "QUANTORCH_LOCK_TIMEOUT"
+_DEFAULT_LOCK_TIMEOUT = 15.0
+
+
+def lock_timeout_from_env() -> float:
+    """Seconds to retry a locked file: ``QUANTORCH_LOCK_TIMEOUT`` (default 15)."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return _DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value < 86_400):
+        raise ConfigError(
+            f"{LOCK_TIMEOUT_ENV}={text!r} is not a number of seconds: set it to e.g. 15, or unset it"
+        )
+    return value
 
 
 class Store:
@@ -33,14 +51,27 @@ class Store:
 
     def __init__(self, path: str | Path, *, lock_timeout: float | None = None) -> None:
         self.path = Path(path)
-        if lock_timeout is None:
-            lock_timeout = float(os.environ.get("QUANTORCH_LOCK_TIMEOUT", "15"))
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = lock_timeout_from_env() if lock_timeout is None else lock_timeout
         self._migrated = False
+
+    @property
+    def exists(self) -> bool:
+        """Whether the database file has been created (readers never create it)."""
+        return self.path.is_file()
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One unit of work on the file; the connection is closed (lock released) on exit."""
+        """One unit of work on the file; the connection is closed (lock released) on exit.
+
+        A read-only unit of work never creates the file: on a missing file it raises
+        :class:`UserInputError` naming the path (callers that can do without the data check
+        :attr:`exists` first).
+        """
+        if read_only and not self.exists:
+            raise UserInputError(
+                f"no database at {self.path}: check --db (or QUANTORCH_DB); a database is "
+                "created by `quantorch data fetch`, `quantorch data import` or `quantorch backtest`"
+            )
         self.ensure_current()
         con = self._open(read_only)
         try:
@@ -50,26 +81,39 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A write connection inside BEGIN/COMMIT; any exception rolls everything back."""
+        """A write connection inside BEGIN/COMMIT; any exception rolls everything back.
+
+        A write the file system refuses (a full disk, a read-only folder) raises
+        :class:`StorageError`: nothing of the transaction is kept.
+        """
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
-            except BaseException:
-                con.execute("ROLLBACK")
+                con.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(con)
+                if _file_system_refused(exc):
+                    raise StorageError(
+                        f"cannot write to database {self.path}: {_first_line(exc)} (free disk "
+                        "space or fix the folder's permissions, then run again); nothing of "
+                        "this unit of work was stored"
+                    ) from exc
                 raise
-            con.execute("COMMIT")
 
     def ensure_current(self) -> int | None:
         """Create or upgrade the file to the latest schema, once per Store.
 
         Returns the version the file had when it was upgraded, or None when nothing changed.
-        A reader of an older file thus upgrades it first, in one short write.
+        A reader of an older file thus upgrades it first, in one short write. A file written by
+        a newer quantorch is refused (:class:`UserInputError`), never read or written.
         """
         if self._migrated:
             return None
         version = self.schema_version()
-        if version >= LATEST_VERSION:
+        if version > LATEST_VERSION:
+            raise _newer_schema(self.path, version)
+        if version == LATEST_VERSION:
             self._migrated = True
             return None
         self.migrate()
@@ -81,7 +125,7 @@ class Store:
             return 0
         con = self._open(read_only=True)
         try:
-            return _current_version(con)
+            return _current_version(con, self.path)
         finally:
             con.close()
 
@@ -90,12 +134,9 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._open(read_only=False)
         try:
-            version = _current_version(con, create=True)
+            version = _current_version(con, self.path, create=True)
             if version > LATEST_VERSION:
-                raise UserInputError(
-                    f"{self.path} has schema version {version}, newer than this quantorch "
-                    f"({LATEST_VERSION}); upgrade quantorch or use another --db"
-                )
+                raise _newer_schema(self.path, version)
             for migration in MIGRATIONS:
                 if migration.version <= version:
                     continue
@@ -135,12 +176,56 @@ class Store:
                 delay = min(delay * 2, 1.0)
 
 
-def _current_version(con: duckdb.DuckDBPyConnection, *, create: bool = False) -> int:
+def _newer_schema(path: Path, version: int) -> UserInputError:
+    return UserInputError(
+        f"{path} has schema version {version}, newer than this quantorch {__version__} "
+        f"understands ({LATEST_VERSION}): upgrade quantorch (pip install -U quantorch) or use "
+        "another --db; the file was not changed"
+    )
+
+
+_FILE_SYSTEM_FAULTS = re.compile(
+    r"No space left|Could not write|Read-only file system|Permission denied|Disk quota", re.I
+)
+
+
+def _file_system_refused(exc: BaseException) -> bool:
+    """A write the file system refused, however DuckDB wraps it (IO, fatal, a failed commit)."""
+    if isinstance(exc, duckdb.IOException | duckdb.FatalException):
+        return True
+    return isinstance(exc, duckdb.Error) and bool(_FILE_SYSTEM_FAULTS.search(str(exc)))
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # a failed COMMIT has already ended the transaction
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _current_version(con: duckdb.DuckDBPyConnection, path: Path, *, create: bool = False) -> int:
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
     ).fetchone()[0]
     if exists:
         return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    foreign = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND NOT internal"
+    ).fetchone()[0] + con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+        "AND NOT internal"
+    ).fetchone()[0]
+    if foreign:  # someone else's database: never add quantorch's tables to it
+        raise UserInputError(
+            f"{path} is a DuckDB database that quantorch did not create (it has tables but no "
+            "schema_version): point --db at a quantorch database or a new file; it was not changed"
+        )
     if create:
         con.execute(
             "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "

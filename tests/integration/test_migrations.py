@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -34,41 +35,72 @@ def _counts(path) -> dict[str, int]:
         con.close()
 
 
-def _fill_old_database(path, version: int, reports) -> str:
-    """A real backtest stored by the older release, plus its newer tables' rows."""
+@pytest.fixture(scope="module")
+def current_database(tmp_path_factory) -> tuple[Path, str]:
+    """A database of the current schema with a real backtest, one tool call and one decision."""
+    folder = tmp_path_factory.mktemp("current")
+    path = folder / "current.duckdb"
     config = load_config().with_overrides({
         "universe": ["AAPL", "MSFT"], "backtest.start": dt.date(2022, 1, 1),
         "backtest.strategy": "buy-and-hold", "backtest.rebalance": "monthly",
-        "reports_dir": str(reports),
+        "reports_dir": str(folder / "reports"),
     })
     outcome = run_backtest(config, Store(path))
     con = duckdb.connect(str(path))
     try:
-        if version >= 2:
-            con.execute(
-                "INSERT INTO tool_calls VALUES ('c1', ?, 'technical', 'talib', 'AAPL', "
-                "TIMESTAMP '2022-03-01 21:00', '{}', '{\"momentum_21d\": 0.02}', NULL, true, 0.0, "
-                "3.0, false, NULL, NULL, NULL, now())",
-                [outcome.run_id],
-            )
-        if version >= 3:
-            con.execute(
-                "INSERT INTO decisions VALUES (?, 0, 'policy', 'neutral', 'AAPL', "
-                "DATE '2022-03-01', DATE '2022-03-02', 5, ['technical:talib'], 1, 0.0, 0.4, "
-                "0.04, NULL, NULL, NULL)",
-                [outcome.run_id],
-            )
+        con.execute(
+            "INSERT INTO tool_calls (call_id, run_id, tool, provider, ticker, as_of, arguments, "
+            "outputs, summary, coverage, cost_usd, latency_ms, cache_hit, error, input_tokens, "
+            "output_tokens, created_at) VALUES ('c1', ?, 'technical', 'talib', 'AAPL', "
+            "TIMESTAMP '2022-03-01 21:00', '{}', '{\"momentum_21d\": 0.02}', NULL, true, 0.0, "
+            "3.0, false, NULL, NULL, NULL, now())",
+            [outcome.run_id],
+        )
+        con.execute(
+            "INSERT INTO decisions (run_id, decision_id, orchestrator, profile, ticker, "
+            "decision_date, fill_date, horizon, tools_called, n_calls, tool_cost_usd, "
+            "proposed_position, target_weight, guard_note, rationale, reward) VALUES (?, 0, "
+            "'policy', 'neutral', 'AAPL', DATE '2022-03-01', DATE '2022-03-02', 5, "
+            "['technical:talib'], 1, 0.0, 0.4, 0.04, NULL, NULL, NULL)",
+            [outcome.run_id],
+        )
     finally:
         con.close()
-    return outcome.run_id
+    return path, outcome.run_id
+
+
+def _fill_old_database(path: Path, current: Path) -> None:
+    """What the older release stored: every row of ``current``, in the columns its schema had."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(f"ATTACH '{current}' AS now (READ_ONLY)")
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND table_name <> 'schema_version'"
+        ).fetchall()]
+        for table in tables:
+            def columns(database: str) -> list[str]:
+                return [r[0] for r in con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE database_name = ? "
+                    "AND table_name = ? ORDER BY column_index", [database, table]
+                ).fetchall()]
+            old = columns(con.execute("SELECT current_database()").fetchone()[0])
+            shared = [c for c in old if c in set(columns("now"))]
+            names = ", ".join(shared)
+            con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM now.{table}")
+    finally:
+        con.close()
 
 
 @pytest.mark.parametrize("version", range(1, LATEST_VERSION))
-def test_older_database_upgrades_with_data_intact(tmp_path, monkeypatch, version):
+def test_older_database_upgrades_with_data_intact(tmp_path, monkeypatch, version,
+                                                 current_database):
     path = tmp_path / "old.duckdb"
+    current, run_id = current_database
     with monkeypatch.context() as patched:
         _older_quantorch(patched, version)
-        run_id = _fill_old_database(path, version, tmp_path / "reports")
+        Store(path).migrate()
+        _fill_old_database(path, current)
         assert Store(path).schema_version() == version
     before = _counts(path)
     assert before["runs"] == 1 and before["equity"] > 0 and before["fills"] == 2
