@@ -27,15 +27,29 @@ import numpy as np
 import pandas as pd
 
 from quantorch.backtest.metrics import performance_metrics
+from quantorch.backtest.report import remove_stale_partials
 from quantorch.backtest.runner import ORCHESTRATOR, Simulated, simulate_config
 from quantorch.config import QuantorchConfig
-from quantorch.orchestrator.orchestrators import ORCHESTRATORS
+from quantorch.orchestrator import ORCHESTRATORS
 from quantorch.orchestrator.profiles import TraderProfile
+from quantorch.progress import SILENT, Progress
 from quantorch.store import Store, code_version
 
-__all__ = ["EvaluationRow", "Evaluation", "evaluate", "block_bootstrap", "check_targets"]
+__all__ = [
+    "BASELINE_STRATEGIES",
+    "EVALUATED",
+    "EvaluationRow",
+    "Evaluation",
+    "evaluate",
+    "block_bootstrap",
+    "check_targets",
+]
 
 _SEEDED = {"random"}
+#: Rule strategies evaluated beside the orchestrators (same engine, costs and period).
+BASELINE_STRATEGIES = ("buy-and-hold",)
+#: Everything ``quantorch evaluate`` can compare, in table order.
+EVALUATED = (*ORCHESTRATORS, *BASELINE_STRATEGIES)
 
 
 @dataclass
@@ -58,6 +72,8 @@ class EvaluationRow:
     cagr_ci_bootstrap: tuple[float, float]
     seeds: int
     per_seed_sharpe: list[float] = field(default_factory=list)
+    #: The first run's daily equity (for the report's curves); not part of the JSON.
+    equity: pd.Series | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         def clean(value):
@@ -69,7 +85,7 @@ class EvaluationRow:
                 return {k: clean(v) for k, v in value.items()}
             return value
 
-        return {k: clean(v) for k, v in self.__dict__.items()}
+        return {k: clean(v) for k, v in self.__dict__.items() if k != "equity"}
 
 
 @dataclass
@@ -181,6 +197,7 @@ def _row(name: str, profile: TraderProfile, runs: list[Simulated], seed: int) ->
         cagr_ci_bootstrap=block_bootstrap(returns, _cagr, seed=seed),
         seeds=len(runs),
         per_seed_sharpe=[float(s) for s in sharpes],
+        equity=equity,
     )
 
 
@@ -241,39 +258,52 @@ def evaluate(
     config: QuantorchConfig,
     store: Store,
     profiles: Sequence[TraderProfile],
-    orchestrators: Sequence[str] = ORCHESTRATORS,
+    orchestrators: Sequence[str] = EVALUATED,
     seeds: int = 5,
-    say: Callable[[str], None] = lambda _m: None,
+    progress: Progress = SILENT,
 ) -> Evaluation:
-    """Backtest each orchestrator under each profile; store one ``evaluate`` run."""
+    """Backtest each orchestrator (and rule baseline) under each profile; store one
+    ``evaluate`` run."""
     from quantorch.orchestrator.factory import build_orchestrator_strategy, load_policies
+    from quantorch.strategies import get_strategy
 
     policies = load_policies(config, need_all_tools="all-tools" in orchestrators)
     cache: dict = {}  # tool panels and datasets, computed once per checkpoint
     rows: list[EvaluationRow] = []
     start = end = None
-    for profile in profiles:
-        for name in orchestrators:
-            n = seeds if name in _SEEDED else 1
-            runs = []
-            for k in range(n):
-                say(f"{name} under {profile.name}, seed {k + 1}/{n}")
-                cfg = config.with_overrides({
-                    "backtest.strategy": ORCHESTRATOR,
-                    "orchestrator.name": name,
-                    "orchestrator.profile": str(profile.name),
-                })
-                strategy = build_orchestrator_strategy(
-                    cfg, store, seed=config.seed + k, policies=policies, cache=cache
-                )
-                strategy.profile = profile
-                runs.append(simulate_config(cfg, store, strategy=strategy))
-            start, end = runs[0].start, runs[0].end
-            row = _row(name, profile, runs, config.seed)
-            if n == 1 and seeds > 1:  # deterministic: every seed gives this same run
-                row.seeds = seeds
-                row.per_seed_sharpe = row.per_seed_sharpe * seeds
-            rows.append(row)
+    jobs = [(profile, name, k, seeds if name in _SEEDED else 1)
+            for profile in profiles for name in orchestrators
+            for k in range(seeds if name in _SEEDED else 1)]
+    runs_by_pair: dict[tuple[str, str], list[Simulated]] = {}
+    for done, (profile, name, k, n) in enumerate(jobs):
+        progress.phase(
+            f"backtest {done + 1} of {len(jobs)}: {name} under {profile.name}"
+            + (f", seed {k + 1}/{n}" if n > 1 else "")
+        )
+        if name in BASELINE_STRATEGIES:
+            cfg = config.with_overrides({"backtest.strategy": name})
+            strategy = get_strategy(name, config.strategies.get(name))
+        else:
+            cfg = config.with_overrides({
+                "backtest.strategy": ORCHESTRATOR,
+                "orchestrator.name": name,
+                "orchestrator.profile": str(profile.name),
+            })
+            strategy = build_orchestrator_strategy(
+                cfg, store, seed=config.seed + k, policies=policies, cache=cache
+            )
+            strategy.profile = profile
+        sim = simulate_config(cfg, store, strategy=strategy, progress=progress)
+        runs_by_pair.setdefault((profile.name, name), []).append(sim)
+        if len(runs_by_pair[(profile.name, name)]) < n:
+            continue
+        runs = runs_by_pair.pop((profile.name, name))
+        start, end = runs[0].start, runs[0].end
+        row = _row(name, profile, runs, config.seed)
+        if n == 1 and seeds > 1:  # deterministic: every seed gives this same run
+            row.seeds = seeds
+            row.per_seed_sharpe = row.per_seed_sharpe * seeds
+        rows.append(row)
     targets = check_targets(rows, profiles)
     evaluation = Evaluation(
         run_id=f"ev-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
@@ -282,60 +312,35 @@ def evaluate(
         rows=rows,
         targets=targets,
     )
-    evaluation.report_path = write_evaluation_report(evaluation, Path(config.reports_dir))
-    _store(store, config, evaluation, profiles)
+    folder = Path(config.reports_dir)
+    remove_stale_partials(folder)
+    report_path = (folder / f"{evaluation.run_id}.html").resolve()
+    progress.phase("storing the evaluation")
+    _store(store, config, evaluation, profiles, report_path)
+    progress.phase("writing the report")
+    evaluation.report_path = write_evaluation_report(evaluation, folder)
     return evaluation
 
 
 def write_evaluation_report(evaluation: Evaluation, folder: Path) -> Path:
-    """Self-contained HTML: the table and the cost-vs-Sharpe (Pareto) plot per profile."""
-    import plotly.graph_objects as go
-    from plotly.io import to_html
+    """The evaluate page; see :func:`quantorch.evaluation_report.write_evaluation_report`."""
+    from quantorch.evaluation_report import write_evaluation_report as write
 
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame([r.to_json() for r in evaluation.rows])
-    figure = go.Figure()
-    for profile, group in frame.groupby("profile"):
-        figure.add_trace(go.Scatter(
-            x=group["tool_cost_per_decision_usd"], y=group["sharpe"], mode="markers+text",
-            text=group["orchestrator"], textposition="top center", name=str(profile),
-            error_y={"type": "data", "symmetric": False,
-                     "array": [ci[1] - s if ci[1] is not None else 0 for ci, s in zip(group["sharpe_ci_bootstrap"], group["sharpe"], strict=True)],
-                     "arrayminus": [s - ci[0] if ci[0] is not None else 0 for ci, s in zip(group["sharpe_ci_bootstrap"], group["sharpe"], strict=True)]},
-        ))
-    figure.update_layout(
-        title="Tool cost per decision vs Sharpe (held-out period; bars: block-bootstrap 95% CI)",
-        xaxis_title="tool cost per decision (USD)", yaxis_title="Sharpe", template="plotly_white",
-    )
-    columns = ["orchestrator", "profile", "sharpe", "cagr", "max_drawdown", "turnover",
-               "tool_cost_usd", "calls_per_decision", "preference_adherence"]
-    table = frame[columns].to_html(index=False, float_format=lambda v: f"{v:,.4f}", na_rep="n/a")
-    targets = "".join(
-        f"<li><b>{k}</b> ({v['rule']}): {'met' if v['met'] else 'NOT met'} "
-        f"<code>{json.dumps({kk: vv for kk, vv in v.items() if kk not in ('rule', 'met')})}</code></li>"
-        for k, v in evaluation.targets.items()
-    )
-    html = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>quantorch evaluation {evaluation.run_id}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
-<h1>quantorch evaluation {evaluation.run_id}</h1>
-<p>Held-out period {evaluation.start} to {evaluation.end}. Sharpe intervals: see the JSON output
-and docs/reward.md. Code version {code_version()}.</p>
-{to_html(figure, include_plotlyjs=True, full_html=False)}
-<h2>Results</h2>{table}<h2>Targets</h2><ul>{targets}</ul></body></html>"""
-    path = folder / f"{evaluation.run_id}.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path.resolve()
+    return write(evaluation, folder)
 
 
-def _store(store: Store, config: QuantorchConfig, evaluation: Evaluation, profiles) -> None:
+def _store(
+    store: Store, config: QuantorchConfig, evaluation: Evaluation, profiles, report_path: Path
+) -> None:
     payload = evaluation.to_json()
     with store.transaction() as con:
         con.execute(
-            "INSERT INTO runs VALUES (?, 'evaluate', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            """
+            INSERT INTO runs (run_id, kind, created_at, strategy, source, universe, benchmark,
+                              start_date, end_date, rebalance, seed, config_hash, config,
+                              code_version, metrics, report_path)
+            VALUES (?, 'evaluate', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
             [
                 evaluation.run_id,
                 dt.datetime.now(dt.UTC).replace(tzinfo=None),
@@ -351,6 +356,6 @@ def _store(store: Store, config: QuantorchConfig, evaluation: Evaluation, profil
                 json.dumps({**json.loads(config.model_dump_json()), "profiles": [p.name for p in profiles]}),
                 code_version(),
                 json.dumps({"results": payload["results"], "targets": payload["targets"]}),
-                str(evaluation.report_path),
+                str(report_path),
             ],
         )

@@ -25,6 +25,27 @@ Conventions
 
 A ratio whose denominator is zero (no volatility, no downside, no time) is NaN; a standard
 deviation below 1e-9 of the mean return (rounding noise of a constant series) counts as zero.
+
+Rolling and relative measures (the tear sheet)
+----------------------------------------------
+- ``rolling_*`` take daily returns and a trailing ``window`` (126 sessions, about six months,
+  by default) and return an array as long as the returns: value ``i`` uses returns
+  ``i - window + 1 .. i``; the first ``window - 1`` values, and every window holding a NaN,
+  are NaN. ``rolling_sharpe`` and ``rolling_volatility`` annualise like ``sharpe`` and
+  ``volatility``; ``rolling_beta`` is cov(r, b) / var(b) over the window.
+- ``alpha_beta``: ordinary least squares of the strategy's daily simple returns on the
+  comparison's, ``r = a + beta * b``, risk-free rate zero (CAPM); alpha is annualised as
+  ``a x 252`` (arithmetic, not compounded).
+- ``tracking_error``: sample standard deviation (ddof=1) of the active return ``r - b`` x
+  sqrt(252); ``information_ratio``: mean(r - b) / std(r - b) x sqrt(252).
+- Relative measures use only the sessions where both returns are finite (pairwise), and are
+  NaN with fewer than two such sessions or a comparison without variance.
+- ``annual_returns``: compounded return of each calendar year, the first year from the first
+  equity value, later years from the previous year's last value (as ``monthly_returns``).
+- ``worst_drawdowns``: each drawdown runs from its peak (the last high before the fall) to its
+  recovery (the first session back at or above the peak; none while still under water);
+  ``depth`` is trough / peak - 1 (negative) and ``length`` counts the sessions from peak to
+  recovery, or to the last session when not recovered.
 """
 
 from __future__ import annotations
@@ -36,20 +57,32 @@ import pandas as pd
 
 __all__ = [
     "METRIC_KEYS",
+    "RELATIVE_METRIC_KEYS",
+    "ROLLING_WINDOW",
+    "alpha_beta",
+    "annual_returns",
     "annualised_volatility",
     "cagr",
     "calmar_ratio",
     "downside_deviation",
     "drawdown",
+    "drawdown_periods",
     "drawdown_series",
+    "information_ratio",
     "max_drawdown",
     "monthly_returns",
     "performance_metrics",
+    "relative_metrics",
+    "rolling_beta",
+    "rolling_sharpe",
+    "rolling_volatility",
     "sharpe_ratio",
     "simple_returns",
     "sortino_ratio",
     "total_return",
+    "tracking_error",
     "turnover",
+    "worst_drawdowns",
 ]
 
 METRIC_KEYS = (
@@ -65,6 +98,11 @@ METRIC_KEYS = (
     "fees_paid",
     "slippage_paid",
 )
+
+#: Keys of :func:`relative_metrics`, in order.
+RELATIVE_METRIC_KEYS = ("alpha", "beta", "correlation", "tracking_error", "information_ratio")
+#: Default trailing window of the rolling measures: 126 sessions, about six months.
+ROLLING_WINDOW = 126
 
 _NAN = float("nan")
 _DAYS_PER_YEAR = 365.25
@@ -163,6 +201,229 @@ def turnover(traded_notional: np.ndarray, mean_equity: float, years: float) -> f
     return traded / mean_equity / years
 
 
+def _check_window(window: int) -> None:
+    if window < 2:
+        raise ValueError(f"window must be at least 2 sessions, got {window}")
+
+
+def _windows(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing windows of ``values``: row ``j`` holds ``values[j : j + window]``."""
+    return np.lib.stride_tricks.sliding_window_view(values, window)
+
+
+def _pad(values: np.ndarray, n: int) -> np.ndarray:
+    """``values`` of the complete windows, preceded by NaN up to length ``n``."""
+    out = np.full(n, np.nan)
+    if len(values):
+        out[n - len(values) :] = values
+    return out
+
+
+def rolling_volatility(
+    returns: np.ndarray, window: int = ROLLING_WINDOW, periods_per_year: int = 252
+) -> np.ndarray:
+    """Annualised volatility over a trailing window.
+
+    Parameters
+    ----------
+    returns
+        Daily simple returns.
+    window
+        Sessions per window (at least 2).
+    periods_per_year
+        Sessions per year used to annualise.
+
+    Returns
+    -------
+    numpy.ndarray
+        As long as ``returns``; NaN until the first complete window and for windows with a NaN.
+    """
+    returns = np.asarray(returns, dtype=np.float64)
+    n = len(returns)
+    _check_window(window)
+    if n < window:
+        return np.full(n, np.nan)
+    std = np.std(_windows(returns, window), axis=1, ddof=1)
+    return _pad(std * math.sqrt(periods_per_year), n)
+
+
+def rolling_sharpe(
+    returns: np.ndarray, window: int = ROLLING_WINDOW, periods_per_year: int = 252
+) -> np.ndarray:
+    """Annualised Sharpe ratio (risk-free rate zero) over a trailing window.
+
+    Parameters
+    ----------
+    returns
+        Daily simple returns.
+    window
+        Sessions per window (at least 2).
+    periods_per_year
+        Sessions per year used to annualise.
+
+    Returns
+    -------
+    numpy.ndarray
+        As long as ``returns``; NaN until the first complete window, for windows with a NaN
+        and for windows without variance (see :func:`sharpe_ratio`).
+    """
+    returns = np.asarray(returns, dtype=np.float64)
+    n = len(returns)
+    _check_window(window)
+    if n < window:
+        return np.full(n, np.nan)
+    rows = _windows(returns, window)
+    mean = rows.mean(axis=1)
+    std = rows.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(std > 1e-9 * np.abs(mean), mean / std, np.nan)
+    return _pad(ratio * math.sqrt(periods_per_year), n)
+
+
+def rolling_beta(
+    returns: np.ndarray, benchmark_returns: np.ndarray, window: int = ROLLING_WINDOW
+) -> np.ndarray:
+    """Beta of ``returns`` to ``benchmark_returns`` over a trailing window.
+
+    Parameters
+    ----------
+    returns, benchmark_returns
+        Daily simple returns on the same sessions (equal lengths).
+    window
+        Sessions per window (at least 2).
+
+    Returns
+    -------
+    numpy.ndarray
+        cov(r, b) / var(b) per window, as long as ``returns``; NaN until the first complete
+        window, for windows with a NaN in either series and where ``b`` has no variance.
+    """
+    returns, benchmark_returns = _pair(returns, benchmark_returns)
+    n = len(returns)
+    _check_window(window)
+    if n < window:
+        return np.full(n, np.nan)
+    r = _windows(returns, window)
+    b = _windows(benchmark_returns, window)
+    b_dev = b - b.mean(axis=1, keepdims=True)
+    cov = np.sum((r - r.mean(axis=1, keepdims=True)) * b_dev, axis=1)
+    var = np.sum(b_dev**2, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta = np.where(var > 0, cov / var, np.nan)
+    return _pad(beta, n)
+
+
+def _pair(returns: np.ndarray, benchmark_returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    returns = np.asarray(returns, dtype=np.float64)
+    benchmark_returns = np.asarray(benchmark_returns, dtype=np.float64)
+    if returns.shape != benchmark_returns.shape:
+        raise ValueError(
+            f"returns and benchmark_returns differ in length ({len(returns)} vs "
+            f"{len(benchmark_returns)}): align them on the same sessions first"
+        )
+    return returns, benchmark_returns
+
+
+def _finite_pairs(
+    returns: np.ndarray, benchmark_returns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    returns, benchmark_returns = _pair(returns, benchmark_returns)
+    both = np.isfinite(returns) & np.isfinite(benchmark_returns)
+    return returns[both], benchmark_returns[both]
+
+
+def alpha_beta(
+    returns: np.ndarray, benchmark_returns: np.ndarray, periods_per_year: int = 252
+) -> tuple[float, float]:
+    """CAPM regression ``r = a + beta * b`` of daily simple returns (risk-free rate zero).
+
+    Parameters
+    ----------
+    returns, benchmark_returns
+        Daily simple returns of the strategy and the comparison on the same sessions;
+        sessions where either is NaN are left out.
+    periods_per_year
+        Sessions per year: alpha is ``a x periods_per_year``.
+
+    Returns
+    -------
+    tuple of float
+        ``(alpha, beta)``: annualised alpha and beta; both NaN with fewer than two sessions
+        or a comparison without variance.
+    """
+    r, b = _finite_pairs(returns, benchmark_returns)
+    if len(r) < 2:
+        return _NAN, _NAN
+    b_dev = b - b.mean()
+    var = float(np.sum(b_dev**2))
+    if not var > 0:
+        return _NAN, _NAN
+    beta = float(np.sum((r - r.mean()) * b_dev) / var)
+    alpha = float(r.mean() - beta * b.mean())
+    return alpha * periods_per_year, beta
+
+
+def tracking_error(
+    returns: np.ndarray, benchmark_returns: np.ndarray, periods_per_year: int = 252
+) -> float:
+    """Annualised standard deviation (ddof=1) of the active return ``r - b``.
+
+    Parameters
+    ----------
+    returns, benchmark_returns
+        Daily simple returns on the same sessions; sessions where either is NaN are left out.
+    periods_per_year
+        Sessions per year used to annualise.
+    """
+    r, b = _finite_pairs(returns, benchmark_returns)
+    return annualised_volatility(r - b, periods_per_year)
+
+
+def information_ratio(
+    returns: np.ndarray, benchmark_returns: np.ndarray, periods_per_year: int = 252
+) -> float:
+    """Annualised mean over standard deviation (ddof=1) of the active return ``r - b``.
+
+    Parameters
+    ----------
+    returns, benchmark_returns
+        Daily simple returns on the same sessions; sessions where either is NaN are left out.
+    periods_per_year
+        Sessions per year used to annualise.
+    """
+    r, b = _finite_pairs(returns, benchmark_returns)
+    return sharpe_ratio(r - b, periods_per_year)
+
+
+def drawdown_periods(equity: np.ndarray) -> np.ndarray:
+    """Every drawdown of ``equity``, in time order.
+
+    Parameters
+    ----------
+    equity
+        Portfolio values (finite).
+
+    Returns
+    -------
+    numpy.ndarray
+        One row per drawdown, integer columns ``peak, trough, recovery``: the positions of the
+        last high before the fall, of the lowest value, and of the first value back at or
+        above the peak (-1 while still under water). The depth is
+        ``equity[trough] / equity[peak] - 1``.
+    """
+    dd = drawdown(equity)
+    if len(dd) == 0:
+        return np.empty((0, 3), dtype=np.int64)
+    under = dd < 0
+    edges = np.diff(np.concatenate(([False], under, [False])).astype(np.int8))
+    first_under = np.flatnonzero(edges == 1)
+    back = np.flatnonzero(edges == -1)  # first position at a high again (len(dd) if never)
+    rows = np.empty((len(first_under), 3), dtype=np.int64)
+    for k, (i, j) in enumerate(zip(first_under, back, strict=True)):
+        rows[k] = (i - 1, i + int(np.argmin(dd[i:j])), j if j < len(dd) else -1)
+    return rows
+
+
 # --------------------------------------------------------------------------- pandas wrappers
 
 
@@ -248,3 +509,90 @@ def monthly_returns(equity: pd.Series) -> pd.DataFrame:
     returns.index = returns.index.set_names(["year", "month"])
     table = returns.unstack("month").reindex(columns=columns)
     return table.astype(np.float64)
+
+
+def annual_returns(equity: pd.Series) -> pd.Series:
+    """Compounded return of each calendar year, indexed by year (see the module docstring)."""
+    equity = equity.dropna()
+    if equity.empty:
+        return pd.Series(dtype=np.float64, index=pd.Index([], name="year"), name="annual_return")
+    year_end = equity.groupby(pd.DatetimeIndex(equity.index).year).last()
+    previous = year_end.shift(1)
+    previous.iloc[0] = equity.iloc[0]
+    returns = (year_end / previous - 1.0).astype(np.float64)
+    return returns.rename_axis("year").rename("annual_return")
+
+
+def worst_drawdowns(equity: pd.Series, n: int = 5) -> pd.DataFrame:
+    """The ``n`` deepest drawdowns of ``equity``, deepest first.
+
+    Parameters
+    ----------
+    equity
+        Portfolio value at each session close, indexed by date. NaNs are dropped.
+    n
+        How many drawdowns to return at most.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``start`` (the peak's date), ``trough``, ``recovery`` (NaT while not
+        recovered), ``depth`` (negative fraction) and ``length`` (sessions from peak to
+        recovery, or to the last session when not recovered); see :func:`drawdown_periods`.
+    """
+    equity = equity.dropna()
+    values = equity.to_numpy(dtype=np.float64)
+    periods = drawdown_periods(values)
+    columns = ["start", "trough", "recovery", "depth", "length"]
+    if len(periods) == 0 or n <= 0:
+        empty = {c: pd.Series(dtype="datetime64[ns]") for c in columns[:3]}
+        return pd.DataFrame({**empty, "depth": pd.Series(dtype=np.float64),
+                             "length": pd.Series(dtype=np.int64)})  # fmt: skip
+    peak, trough, recovery = periods.T
+    depth = values[trough] / values[peak] - 1.0
+    order = np.argsort(depth, kind="stable")[:n]
+    dates = pd.DatetimeIndex(equity.index)
+    recovered = recovery >= 0
+    end = np.where(recovered, recovery, len(values) - 1)
+    recovery_dates = dates[np.maximum(recovery, 0)].where(recovered)
+    return pd.DataFrame(
+        {
+            "start": dates[peak[order]],
+            "trough": dates[trough[order]],
+            "recovery": recovery_dates[order],
+            "depth": depth[order],
+            "length": (end - peak)[order].astype(np.int64),
+        }
+    )
+
+
+def relative_metrics(
+    equity: pd.Series, benchmark_equity: pd.Series, periods_per_year: int = 252
+) -> dict[str, float]:
+    """:data:`RELATIVE_METRIC_KEYS` of ``equity`` against ``benchmark_equity``.
+
+    Both curves are reduced to the sessions where both have a value, then turned into daily
+    simple returns. ``correlation`` is Pearson's, of those returns.
+
+    Parameters
+    ----------
+    equity, benchmark_equity
+        Portfolio values at each session close, indexed by date.
+    periods_per_year
+        Sessions per year used to annualise alpha, tracking error and information ratio.
+    """
+    both = pd.concat([equity, benchmark_equity], axis=1, join="inner").dropna()
+    r = simple_returns(both.iloc[:, 0].to_numpy(dtype=np.float64))
+    b = simple_returns(both.iloc[:, 1].to_numpy(dtype=np.float64))
+    alpha, beta = alpha_beta(r, b, periods_per_year)
+    if len(r) >= 2 and np.std(r) > 0 and np.std(b) > 0:
+        correlation = float(np.corrcoef(r, b)[0, 1])
+    else:
+        correlation = _NAN
+    return {
+        "alpha": alpha,
+        "beta": beta,
+        "correlation": correlation,
+        "tracking_error": tracking_error(r, b, periods_per_year),
+        "information_ratio": information_ratio(r, b, periods_per_year),
+    }

@@ -1,9 +1,16 @@
-"""One backtest from a config: data -> strategy -> engine -> metrics -> report -> store.
+"""One backtest from a config: data -> strategy -> engine -> metrics -> store -> report.
 
-This is the kernel the CLI calls; it owns no I/O of its own beyond the store and the report,
-and it writes nothing until the whole run has been computed. The report is written first
-(atomically) and the run, its daily equity and its fills are stored in one transaction; if that
-transaction fails the report is removed again, so a failed run leaves no trace.
+This is what the CLI calls; it owns no I/O of its own beyond the store and the report, and it
+writes nothing until the whole run has been computed. The run, its daily equity, fills,
+decisions and tool calls are stored in one transaction; only then is the report written
+(atomically, from the same values), so a report never exists without its run. A crash between
+the two leaves a stored run without a report, which ``quantorch report RUN_ID`` regenerates;
+a crash while the report is written leaves a temporary file named after the writer's PID,
+removed by the next run (:func:`~quantorch.backtest.report.remove_stale_partials`).
+
+Every run is compared with its benchmark, labelled for what it is (the sample's S&P 500 is a
+price index, without dividends), and with the equal-weight buy-and-hold of its own universe:
+the same engine and costs, a total-return comparison when prices are adjusted.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +26,11 @@ import pandas as pd
 
 from quantorch.backtest.engine import Costs, SimulationResult, simulate
 from quantorch.backtest.metrics import performance_metrics
-from quantorch.backtest.report import write_report
+from quantorch.backtest.report import Comparison, ReportData, remove_stale_partials, write_report
 from quantorch.config import QuantorchConfig
 from quantorch.data import calendar
 from quantorch.data.panel import PricePanel
-from quantorch.data.providers import get_provider
+from quantorch.data.providers import benchmark_label, get_provider
 from quantorch.data.service import (
     check_known_tickers,
     ensure_prices,
@@ -32,25 +38,26 @@ from quantorch.data.service import (
     resolve_window,
     stored_coverage,
 )
-from quantorch.errors import DateRangeError
+from quantorch.errors import DateRangeError, QuantorchError, UserInputError
+from quantorch.progress import SILENT, Progress
 from quantorch.store import Store, code_version
 from quantorch.strategies import Strategy, get_strategy
 
 __all__ = [
     "BacktestOutcome",
     "Simulated",
-    "benchmark_symbol",
     "build_strategy",
+    "check_names",
+    "equal_weight_label",
+    "report_data",
     "run_backtest",
+    "run_meta",
     "simulate_config",
     "tool_usage",
 ]
 
 #: ``backtest.strategy`` value that runs the configured orchestrator.
 ORCHESTRATOR = "orchestrator"
-
-#: The benchmark named in a config, as each source spells it.
-_BENCHMARK_ALIASES = {("yfinance", "SP500"): "^GSPC"}
 
 
 @dataclass(frozen=True)
@@ -64,32 +71,32 @@ class BacktestOutcome:
     strategy: str
     metrics: dict[str, float | None]
     benchmark: str | None
+    benchmark_label: str | None
     benchmark_metrics: dict[str, float | None] | None
+    equal_weight_label: str
+    equal_weight_metrics: dict[str, float | None]
     fills: int
     config_hash: str
     tools: dict | None = None
+    #: Why the report could not be written (the run is stored; ``quantorch report`` retries).
+    report_error: str | None = None
 
     def to_json(self) -> dict:
         return {
-            "tools": self.tools,
             "run_id": self.run_id,
-            "report_path": str(self.report_path),
+            "report_path": None if self.report_error else str(self.report_path),
+            "report_error": self.report_error,
             "period": {"start": self.start.isoformat(), "end": self.end.isoformat()},
             "strategy": self.strategy,
             "config_hash": self.config_hash,
             "metrics": self.metrics,
             "benchmark_ticker": self.benchmark,
+            "benchmark_label": self.benchmark_label,
             "benchmark": self.benchmark_metrics,
+            "equal_weight": {"label": self.equal_weight_label, "metrics": self.equal_weight_metrics},
             "fills": self.fills,
+            "tools": self.tools,
         }
-
-
-def benchmark_symbol(config: QuantorchConfig) -> str | None:
-    """The benchmark ticker for the configured source (None when disabled)."""
-    name = config.benchmark
-    if name in {"", "NONE"}:
-        return None
-    return _BENCHMARK_ALIASES.get((config.data.source, name), name)
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -111,6 +118,21 @@ class Simulated:
     decisions: pd.DataFrame | None
     tool_calls: pd.DataFrame | None
     tools: dict | None
+    #: The equal-weight buy-and-hold of the universe, same engine and costs.
+    equal_weight: SimulationResult | None = None
+    equal_weight_metrics: dict[str, float | None] | None = None
+
+    @property
+    def benchmark_label(self) -> str | None:
+        return benchmark_label(self.benchmark) if self.benchmark else None
+
+
+def equal_weight_label(n_tickers: int) -> str:
+    """How the equal-weight comparison is labelled everywhere it is shown."""
+    return (
+        f"Equal-weight buy-and-hold of the {n_tickers} stock{'s' if n_tickers != 1 else ''} "
+        "(same prices and costs)"
+    )
 
 
 def simulate_config(
@@ -118,17 +140,18 @@ def simulate_config(
     store: Store,
     *,
     strategy: Strategy | None = None,
-    status: Callable[[str], None] | None = None,
+    progress: Progress = SILENT,
 ) -> Simulated:
     """Load data, run the strategy and the engine, compute metrics; store nothing."""
-    say = status or (lambda _msg: None)
     source = config.data.source
     if config.backtest.start is None:
         raise DateRangeError("no start date: pass --start (e.g. --start 2020)")
-    benchmark = benchmark_symbol(config)
+    benchmark = config.benchmark_symbol
     tickers = list(config.universe)
     wanted = tickers + ([benchmark] if benchmark and benchmark not in tickers else [])
 
+    if strategy is None:
+        check_names(config)  # about a second: before any heavy import or data load
     provider = get_provider(source)
     available = provider.available() if provider is not None else stored_coverage(store, source)
     if available is not None:
@@ -137,17 +160,20 @@ def simulate_config(
     strategy = strategy or build_strategy(config, store)
     data_start = calendar.shift_sessions(start, -strategy.warmup_sessions).date()
 
-    say("loading prices")
-    ensure_prices(store, source, wanted, data_start, end, provider=provider, on_request=say)
+    progress.phase("loading prices")
+    ensure_prices(store, source, wanted, data_start, end, provider=provider,
+                  on_request=lambda message: progress.phase(message))
     panel = load_panel(store, source, tickers, data_start, end)
     decision_dates = _decision_dates(panel, start, config.backtest.rebalance)
     if len(decision_dates) == 0:
         raise DateRangeError(f"no trading session between {start} and {end}; widen the dates")
 
-    say(f"computing {strategy.name} target weights")
+    if hasattr(strategy, "progress"):  # orchestrators report their tool panels and decisions
+        strategy.progress = progress
+    progress.phase(f"{strategy.name}: target weights for {len(decision_dates)} decision dates")
     weights = strategy.target_weights(panel, decision_dates)
     trading = _from(panel, start)
-    say(f"simulating {len(trading.dates)} sessions x {len(tickers)} tickers")
+    progress.phase(f"simulating {len(trading.dates)} sessions x {len(tickers)} tickers")
     costs = Costs(fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps)
     result = simulate(trading, weights, costs, config.backtest.initial_cash)
     equity = result.equity
@@ -157,6 +183,12 @@ def simulate_config(
     tools = None
     if decisions is not None:
         tools = tool_usage(decisions, tool_calls, result.fills, equity)
+
+    hold = get_strategy("buy-and-hold").target_weights(trading, decision_dates[:1])
+    equal_weight = simulate(trading, hold, costs, config.backtest.initial_cash)
+    equal_weight_metrics = _clean(
+        performance_metrics(equal_weight.equity, equal_weight.fills, equal_weight.gross_exposure)
+    )
 
     bench_equity = None
     bench_metrics = None
@@ -178,6 +210,72 @@ def simulate_config(
         decisions=decisions,
         tool_calls=tool_calls,
         tools=tools,
+        equal_weight=equal_weight,
+        equal_weight_metrics=equal_weight_metrics,
+    )
+
+
+def run_meta(
+    *,
+    run_id: str,
+    first: dt.date,
+    last: dt.date,
+    strategy: str,
+    universe: list[str],
+    benchmark: str | None,
+    source: str,
+    rebalance: str,
+    fee_bps: float,
+    slippage_bps: float,
+    initial_cash: float,
+    seed: int,
+    config_hash: str,
+    code: str,
+) -> dict[str, str]:
+    """The facts a report's header shows, in order."""
+    shown = ", ".join(universe) if len(universe) <= 30 else (
+        f"{', '.join(universe[:30])} and {len(universe) - 30} more"
+    )
+    return {
+        "run id": run_id,
+        "period": f"{first} to {last}",
+        "strategy": strategy,
+        "universe": f"{shown} ({len(universe)} tickers)",
+        "benchmark": f"{benchmark}: {benchmark_label(benchmark)}" if benchmark else "none",
+        "source": source,
+        "rebalance": rebalance,
+        "costs": f"fee {fee_bps:g} bps, slippage {slippage_bps:g} bps (always charged)",
+        "initial cash": f"{initial_cash:,.0f}",
+        "seed": str(seed),
+        "config hash": config_hash,
+        "code version": code,
+    }
+
+
+def report_data(sim: Simulated, meta: dict[str, str], title: str) -> ReportData:
+    """What the HTML report of a computed run shows."""
+    comparisons = []
+    if sim.bench_equity is not None and sim.bench_metrics is not None:
+        comparisons.append(
+            Comparison("benchmark", sim.benchmark_label or "benchmark", sim.bench_equity,
+                       sim.bench_metrics)
+        )
+    if sim.equal_weight is not None and sim.equal_weight_metrics is not None:
+        comparisons.append(
+            Comparison("equal_weight", equal_weight_label(len(sim.result.weights.columns)),
+                       sim.equal_weight.equity, sim.equal_weight_metrics)
+        )
+    return ReportData(
+        title=title,
+        meta=meta,
+        equity=sim.result.equity,
+        cash=sim.result.cash,
+        weights=sim.result.weights,
+        metrics=sim.metrics,
+        comparisons=comparisons,
+        fills=sim.result.fills,
+        tools=sim.tools,
+        tool_calls=sim.tool_calls,
     )
 
 
@@ -185,81 +283,71 @@ def run_backtest(
     config: QuantorchConfig,
     store: Store,
     *,
-    status: Callable[[str], None] | None = None,
+    progress: Progress = SILENT,
 ) -> BacktestOutcome:
     """Run, store and report one backtest of ``config`` (its ``backtest.start``/``end``)."""
-    say = status or (lambda _msg: None)
-    sim = simulate_config(config, store, status=status)
-    source = config.data.source
+    reports = Path(config.reports_dir)
+    remove_stale_partials(reports)
+    sim = simulate_config(config, store, progress=progress)
     tickers = list(config.universe)
-    result, equity, metrics = sim.result, sim.result.equity, sim.metrics
-    benchmark, bench_equity, bench_metrics = sim.benchmark, sim.bench_equity, sim.bench_metrics
-    decisions, tool_calls, tools = sim.decisions, sim.tool_calls, sim.tools
-    strategy_name = sim.strategy_name
-
+    equity = sim.result.equity
     run_id = _new_run_id()
     config_hash = config.config_hash()
     first, last = equity.index[0].date(), equity.index[-1].date()
-    meta = {
-        "run id": run_id,
-        "period": f"{first} to {last}",
-        "strategy": strategy_name,
-        "universe": ", ".join(tickers),
-        "benchmark": benchmark or "none",
-        "source": source,
-        "rebalance": config.backtest.rebalance,
-        "costs": f"fee {config.costs.fee_bps:g} bps, slippage {config.costs.slippage_bps:g} bps",
-        "initial cash": f"{config.backtest.initial_cash:,.0f}",
-        "seed": str(config.seed),
-        "config hash": config_hash,
-        "code version": code_version(),
-    }
-    say("writing report")
-    report_path = Path(config.reports_dir) / f"{run_id}.html"
-    write_report(
-        report_path,
-        title=f"quantorch backtest {run_id}: {strategy_name}",
-        equity=equity,
-        benchmark_equity=bench_equity,
-        metrics=metrics,
-        benchmark_metrics=bench_metrics,
-        fills=result.fills,
-        meta=meta,
-        tools=tools,
+    report_path = (reports / f"{run_id}.html").resolve()
+    progress.phase("storing the run")
+    _store_run(store, run_id=run_id, config=config, sim=sim, report_path=report_path)
+
+    progress.phase("writing the report")
+    meta = run_meta(
+        run_id=run_id, first=first, last=last, strategy=sim.strategy_name, universe=tickers,
+        benchmark=sim.benchmark, source=config.data.source, rebalance=config.backtest.rebalance,
+        fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps,
+        initial_cash=config.backtest.initial_cash, seed=config.seed, config_hash=config_hash,
+        code=code_version(),
     )
+    report_error = None
     try:
-        _store_run(
-            store,
-            run_id=run_id,
-            config=config,
-            strategy=strategy_name,
-            benchmark=benchmark,
-            first=first,
-            last=last,
-            metrics=metrics,
-            bench_metrics=bench_metrics,
-            report_path=report_path,
-            result=result,
-            bench_equity=bench_equity,
-            decisions=decisions,
-            tool_calls=tool_calls,
-        )
-    except BaseException:
-        report_path.unlink(missing_ok=True)
-        raise
+        write_report(report_path, report_data(sim, meta, f"quantorch backtest {run_id}: "
+                                                         f"{sim.strategy_name}"))
+    except (OSError, QuantorchError) as exc:  # the run is stored: say so, keep going
+        report_error = f"{type(exc).__name__}: {exc}"
     return BacktestOutcome(
         run_id=run_id,
-        report_path=report_path.resolve(),
+        report_path=report_path,
         start=first,
         end=last,
-        strategy=strategy_name,
-        metrics=metrics,
-        benchmark=benchmark,
-        benchmark_metrics=bench_metrics,
-        fills=len(result.fills),
+        strategy=sim.strategy_name,
+        metrics=sim.metrics,
+        benchmark=sim.benchmark,
+        benchmark_label=sim.benchmark_label,
+        benchmark_metrics=sim.bench_metrics,
+        equal_weight_label=equal_weight_label(len(tickers)),
+        equal_weight_metrics=sim.equal_weight_metrics or {},
+        fills=len(sim.result.fills),
         config_hash=config_hash,
-        tools=tools,
+        tools=sim.tools,
+        report_error=report_error,
     )
+
+
+def check_names(config: QuantorchConfig) -> None:
+    """The strategy or orchestrator, profile and checkpoint a run names exist (cheap checks)."""
+    name = config.backtest.strategy
+    if name != ORCHESTRATOR:
+        get_strategy(name, config.strategies.get(name))
+        return
+    from quantorch.orchestrator import check_orchestrator_name
+    from quantorch.orchestrator.profiles import load_profile
+
+    check_orchestrator_name(config.orchestrator.name)
+    load_profile(config.orchestrator.profile)
+    for flag, path in (("--checkpoint", config.orchestrator.checkpoint),
+                       ("orchestrator.all_tools_checkpoint", config.orchestrator.all_tools_checkpoint)):
+        if path is not None and not Path(path).is_file():
+            raise UserInputError(
+                f"{flag} {path}: no such file (pass a checkpoint written by `quantorch train --out`)"
+            )
 
 
 def build_strategy(config: QuantorchConfig, store: Store) -> Strategy:
@@ -340,29 +428,27 @@ def _store_run(
     *,
     run_id: str,
     config: QuantorchConfig,
-    strategy: str,
-    benchmark: str | None,
-    first: dt.date,
-    last: dt.date,
-    metrics: dict,
-    bench_metrics: dict | None,
+    sim: Simulated,
     report_path: Path,
-    result: SimulationResult,
-    bench_equity: pd.Series | None,
-    decisions: pd.DataFrame | None = None,
-    tool_calls: pd.DataFrame | None = None,
 ) -> None:
+    """The run, its equity, fills, decisions and tool calls, in one transaction."""
+    result = sim.result
+    index = result.equity.index
+
+    def aligned(series: pd.Series | None):
+        return None if series is None else series.reindex(index).to_numpy()
+
     equity = pd.DataFrame(
         {
             "run_id": run_id,
-            "date": result.equity.index.date,
+            "date": index.date,
             "equity": result.equity.to_numpy(),
-            "cash": result.cash.reindex(result.equity.index).to_numpy(),
-            "gross_exposure": result.gross_exposure.reindex(result.equity.index).to_numpy(),
-            "benchmark_equity": (
-                bench_equity.reindex(result.equity.index).to_numpy()
-                if bench_equity is not None
-                else None  # stored as NULL: no benchmark
+            "cash": result.cash.reindex(index).to_numpy(),
+            "gross_exposure": result.gross_exposure.reindex(index).to_numpy(),
+            # stored as NULL without a benchmark
+            "benchmark_equity": aligned(sim.bench_equity),
+            "equal_weight_equity": aligned(
+                sim.equal_weight.equity if sim.equal_weight is not None else None
             ),
         }
     )
@@ -371,28 +457,41 @@ def _store_run(
     fills.insert(0, "run_id", run_id)
     with store.transaction() as con:
         con.execute(
-            "INSERT INTO runs VALUES (?, 'backtest', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            """
+            INSERT INTO runs (run_id, kind, created_at, strategy, source, universe, benchmark,
+                              benchmark_label, start_date, end_date, rebalance, seed, config_hash,
+                              config, code_version, metrics, benchmark_metrics,
+                              equal_weight_metrics, report_path)
+            VALUES (?, 'backtest', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
             [
                 run_id,
                 dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                strategy,
+                sim.strategy_name,
                 config.data.source,
                 list(config.universe),
-                benchmark,
-                first,
-                last,
+                sim.benchmark,
+                sim.benchmark_label,
+                sim.start,
+                sim.end,
                 config.backtest.rebalance,
                 config.seed,
                 config.config_hash(),
                 config.model_dump_json(),
                 code_version(),
-                json.dumps(metrics),
-                json.dumps(bench_metrics) if bench_metrics is not None else None,
-                str(report_path.resolve()),
+                json.dumps(sim.metrics),
+                json.dumps(sim.bench_metrics) if sim.bench_metrics is not None else None,
+                json.dumps(sim.equal_weight_metrics)
+                if sim.equal_weight_metrics is not None else None,
+                str(report_path),
             ],
         )
         con.register("_equity", equity)
-        con.execute("INSERT INTO equity SELECT * FROM _equity")
+        con.execute(
+            "INSERT INTO equity (run_id, date, equity, cash, gross_exposure, benchmark_equity, "
+            "equal_weight_equity) SELECT run_id, date, equity, cash, gross_exposure, "
+            "benchmark_equity, equal_weight_equity FROM _equity"
+        )
         con.unregister("_equity")
         if len(fills):
             con.register("_fills", fills)
@@ -402,6 +501,7 @@ def _store_run(
                 "slippage_cost FROM _fills"
             )
             con.unregister("_fills")
+        decisions, tool_calls = sim.decisions, sim.tool_calls
         if decisions is not None and len(decisions):
             rows = decisions.drop(columns=["forward_return"], errors="ignore").copy()
             rows.insert(0, "run_id", run_id)

@@ -16,9 +16,29 @@ import pandas as pd
 
 from quantorch.errors import UserInputError, closest
 
-__all__ = ["PriceProvider", "get_provider", "PROVIDERS"]
+__all__ = ["PriceProvider", "get_provider", "benchmark_label", "PROVIDERS"]
 
 PROVIDERS = ("sample", "yfinance", "file")
+
+#: Benchmarks that are price indices: their level leaves dividends out, while the stocks'
+#: adjusted closes include them, so comparing the two flatters a strategy by the dividend yield.
+_PRICE_INDICES = {
+    "SP500": "S&P 500",
+    "^GSPC": "S&P 500",
+    "^SPX": "S&P 500",
+    "^IXIC": "NASDAQ Composite",
+    "^NDX": "NASDAQ-100",
+    "^DJI": "Dow Jones Industrial Average",
+    "^RUT": "Russell 2000",
+}
+
+
+def benchmark_label(symbol: str) -> str:
+    """What a benchmark series is, said plainly (e.g. a price index without dividends)."""
+    name = _PRICE_INDICES.get(symbol.upper())
+    if name is not None:
+        return f"{name} price index (excludes dividends)"
+    return f"{symbol} (adjusted close as stored)"
 
 
 class PriceProvider(Protocol):

@@ -70,8 +70,29 @@ def _all_bars() -> pd.DataFrame:
     return bars.sort_values(["ticker", "date"], ignore_index=True)
 
 
+#: What the sample holds: first and last date per ticker. Static, so that checking a ticker or a
+#: window costs nothing (loading the data takes seconds); ``measured_spans`` recomputes it and a
+#: test keeps the two equal.
+_STOCKS_SPAN = ("1990-01-02", "2022-12-28")
+_CATALOGUE: dict[str, tuple[str, str]] = {
+    **{ticker: _STOCKS_SPAN for ticker in SAMPLE_STOCKS},
+    "SP500": _STOCKS_SPAN,
+    **{ticker: ("2014-01-02", "2022-12-28") for ticker in FACTOR_ETFS},
+    "^GSPC": ("1999-01-04", "2018-12-31"),
+    "^IXIC": ("1999-01-04", "2018-12-31"),
+}
+
+
 @functools.cache
 def _available() -> dict[str, tuple[dt.date, dt.date]]:
+    return {
+        ticker: (dt.date.fromisoformat(first), dt.date.fromisoformat(last))
+        for ticker, (first, last) in sorted(_CATALOGUE.items())
+    }
+
+
+def measured_spans() -> dict[str, tuple[dt.date, dt.date]]:
+    """First and last date per ticker as the installed packages really ship them."""
     spans = _all_bars().groupby("ticker")["date"].agg(["min", "max"])
     return {str(t): (row["min"].date(), row["max"].date()) for t, row in spans.iterrows()}
 
