@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def env_throughput(seconds: float = 5.0, n_envs: int = 1024) -> float:
     from quantorch.config import load_config
+    from quantorch.data.providers.sample import FACTOR_ETFS
+    from quantorch.data.service import ensure_prices
     from quantorch.orchestrator.env import BatchedDecisionEnv
     from quantorch.orchestrator.profiles import list_profiles, load_profile
     from quantorch.store import Store
     from quantorch.training.data import market_for, period_dataset, resolve_slots
-    from quantorch.data.service import ensure_prices
-    from quantorch.data.providers.sample import FACTOR_ETFS
 
     config = load_config()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """The ``quantorch`` command line: thin typer commands that parse, call the core, and print.
 
 Errors from the core arrive as :class:`~quantorch.errors.QuantorchError`; each is printed as one
-line on stderr with its exit code (2 input, 3 temporary, 4 plugin). ``--debug`` shows the
+line on stderr with its exit code (see :mod:`quantorch.cli._common`). ``--debug`` shows the
 traceback instead.
 """
 
@@ -18,35 +18,35 @@ from rich.table import Table
 
 from quantorch import __version__
 from quantorch.cli._common import (
+    BarProgress,
     ConfigOpt,
+    DateFormatOpt,
     DbOpt,
     DebugOpt,
     EndOpt,
     JsonOpt,
+    ProfileOpt,
     SourceOpt,
     StartOpt,
     TickersOpt,
-    err,
+    error_line,
     guard,
     load,
+    new_app,
     open_store,
     out,
     parse_date,
     parse_tickers,
+    root_app,
 )
 from quantorch.errors import UserInputError
 
-app = typer.Typer(
-    name="quantorch",
-    help=(
-        "quantorch: backtest and run trading orchestrators that decide which priced analysis "
-        "tools to call and what position to take. Offline by default on real S&P 500 data."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = root_app(
+    "quantorch: backtest and evaluate orchestrators that decide which priced analysis tools "
+    "to call (technical, fundamental, sentiment, risk) and what position to take. Offline by "
+    "default on real S&P 500 data; everything is stored in one DuckDB file."
 )
-data_app = typer.Typer(help="Fetch, import and list the prices stored in the database.", no_args_is_help=True)
+data_app = new_app("Fetch, import and list the prices, news and filings stored in the database.")
 app.add_typer(data_app, name="data")
 
 
@@ -63,29 +63,32 @@ def _register_commands() -> None:
     news_cmd.register(data_app)
 
 
-def _fmt(key: str, value: float | None) -> str:
+#: Rows of the backtest table: label, key, kind.
+_METRIC_ROWS = (
+    ("Total return", "total_return", "pct"),
+    ("CAGR", "cagr", "pct"),
+    ("Volatility (ann.)", "volatility", "pct_unsigned"),
+    ("Sharpe", "sharpe", "ratio"),
+    ("Sortino", "sortino", "ratio"),
+    ("Max drawdown", "max_drawdown", "pct"),
+    ("Calmar", "calmar", "ratio"),
+    ("Turnover (x/yr)", "turnover", "ratio"),
+    ("Exposure", "exposure", "ratio"),
+    ("Fees paid ($)", "fees_paid", "usd"),
+    ("Slippage paid ($)", "slippage_paid", "usd"),
+)
+
+
+def _fmt(kind: str, value: float | None) -> str:
     if value is None:
         return "n/a"
-    if key in {"sharpe", "sortino", "calmar", "turnover", "exposure"}:
+    if kind == "ratio":
         return f"{value:,.2f}"
-    if key in {"fees_paid", "slippage_paid"}:
+    if kind == "usd":
         return f"{value:,.0f}"
-    return f"{value:+.2%}" if key != "volatility" else f"{value:.2%}"
-
-
-_METRIC_LABELS = {
-    "total_return": "Total return",
-    "cagr": "CAGR",
-    "volatility": "Volatility (ann.)",
-    "sharpe": "Sharpe",
-    "sortino": "Sortino",
-    "max_drawdown": "Max drawdown",
-    "calmar": "Calmar",
-    "turnover": "Turnover (x/yr)",
-    "exposure": "Exposure",
-    "fees_paid": "Fees paid ($)",
-    "slippage_paid": "Slippage paid ($)",
-}
+    if kind == "pct_unsigned":
+        return f"{value:.2%}"
+    return f"{value:+.2%}"
 
 
 def _version(value: bool) -> None:
@@ -108,63 +111,68 @@ def backtest(
     start: StartOpt = None,
     end: EndOpt = None,
     universe: TickersOpt = None,
-    strategy: Annotated[
-        Optional[str],
-        typer.Option("--strategy", show_default=False,
-                     help="Rule strategy instead of an orchestrator: buy-and-hold, sma-cross."),
-    ] = None,
     orchestrator: Annotated[
         Optional[str],
-        typer.Option("--orchestrator", show_default=False,
-                     help="Orchestrator: policy (trained, default), all-tools, free-tools, "
-                          "technical-only, random, buy-and-hold."),
+        typer.Option("--orchestrator", metavar="NAME", show_default=False,
+                     help="Orchestrator that routes between the priced tools and decides: policy "
+                          "(the trained PPO router), all-tools, free-tools, technical-only, "
+                          "random [default: policy]."),
     ] = None,
-    profile: Annotated[
-        Optional[str],
-        typer.Option("--profile", show_default=False,
-                     help="Trader profile for the orchestrator (see `quantorch profile list`)."),
-    ] = None,
+    profile: ProfileOpt = None,
     checkpoint: Annotated[
         Optional[Path],
-        typer.Option("--checkpoint", show_default=False,
-                     help="Policy checkpoint from `quantorch train` (default: the shipped one)."),
+        typer.Option("--checkpoint", metavar="FILE", show_default=False,
+                     help="Policy checkpoint from `quantorch train` [default: the shipped one]."),
+    ] = None,
+    strategy: Annotated[
+        Optional[str],
+        typer.Option("--strategy", metavar="NAME", show_default=False,
+                     help="Run a rule strategy instead of an orchestrator: buy-and-hold (equal "
+                          "weight, bought once, never rebalanced) or sma-cross."),
     ] = None,
     source: SourceOpt = None,
     fee_bps: Annotated[
-        Optional[float], typer.Option("--fee-bps", show_default=False,
-                                      help="Commission in basis points of traded notional.")
+        Optional[float], typer.Option("--fee-bps", metavar="BPS", show_default=False,
+                                      help="Commission, basis points of traded notional "
+                                           "[default: 1].")
     ] = None,
     slippage_bps: Annotated[
-        Optional[float], typer.Option("--slippage-bps", show_default=False,
-                                      help="Slippage in basis points of the fill price.")
+        Optional[float], typer.Option("--slippage-bps", metavar="BPS", show_default=False,
+                                      help="Slippage, basis points of the fill price "
+                                           "[default: 5].")
     ] = None,
     rebalance: Annotated[
-        Optional[str], typer.Option("--rebalance", show_default=False,
-                                    help="Rebalance at each session's close: daily, weekly or "
-                                         "monthly (last session of the period).")
+        Optional[str], typer.Option("--rebalance", metavar="FREQ", show_default=False,
+                                    help="Decide at the close of every session (daily), of the "
+                                         "last session of each week (weekly) or month "
+                                         "(monthly) [default: weekly].")
     ] = None,
     initial_cash: Annotated[
-        Optional[float], typer.Option("--initial-cash", show_default=False,
-                                      help="Starting cash in USD.")
+        Optional[float], typer.Option("--initial-cash", metavar="USD", show_default=False,
+                                      help="Starting cash [default: 1000000].")
     ] = None,
     benchmark: Annotated[
-        Optional[str], typer.Option("--benchmark", show_default=False,
-                                    help="Benchmark ticker (default SP500; 'none' to skip).")
+        Optional[str], typer.Option("--benchmark", metavar="TICKER", show_default=False,
+                                    help="Benchmark ticker, or 'none' [default: SP500, the S&P "
+                                         "500 price index]. The equal-weight buy-and-hold of the "
+                                         "universe is always shown beside it.")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", show_default=False,
-                                                help="Random seed recorded with the run.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", show_default=False,
+                                                help="Random seed [default: 42].")] = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Backtest a strategy on daily bars and compare it with the benchmark.
+    """Backtest an orchestrator (or a rule strategy) on daily bars against its benchmark.
 
-    Decisions are taken at a session's close and fill at the next session (open where the source
-    has opens, else close), with fees and slippage always charged. The run, its daily equity
-    and its fills are stored in the database, and an HTML report is written under backtests/.
+    Decisions are taken at a session's close and fill at the next session (open where the
+    source has opens, else close), with fees and slippage always charged. The run, its daily
+    equity, fills, decisions and tool calls are stored in the database, then an HTML report is
+    written under backtests/ (regenerate it any time with `quantorch report RUN_ID`).
 
-    Example: quantorch backtest --start 2020 --strategy sma-cross --fee-bps 2
+    Examples: quantorch backtest --start 2020; quantorch backtest --start 2020 --profile
+    cautious-fundamental; quantorch backtest --start 2020 --strategy sma-cross --fee-bps 2
     """
     with guard(debug):
         if strategy is not None and (orchestrator or profile or checkpoint):
@@ -194,38 +202,53 @@ def backtest(
         from quantorch.backtest.runner import run_backtest
 
         store = open_store(cfg, db)
-        with err.status("starting", spinner="dots") as status:
-            outcome = run_backtest(cfg, store, status=lambda msg: status.update(msg))
+        with BarProgress() as progress:
+            outcome = run_backtest(cfg, store, progress=progress)
+        if outcome.report_error is not None:
+            error_line(
+                f"the run {outcome.run_id} is stored but its report could not be written "
+                f"({outcome.report_error}); write it with `quantorch report {outcome.run_id}`",
+                prefix="warning: ", style="yellow",
+            )
         if json_output:
             sys.stdout.write(json.dumps(outcome.to_json(), allow_nan=False) + "\n")
             return
-        table = Table(
-            title=f"{outcome.strategy} vs {outcome.benchmark or 'no benchmark'}, "
-                  f"{outcome.start} to {outcome.end}",
-        )
-        table.add_column("Metric")
-        table.add_column(outcome.strategy, justify="right")
-        if outcome.benchmark_metrics is not None:
-            table.add_column(outcome.benchmark or "benchmark", justify="right")
-        for key, label in _METRIC_LABELS.items():
-            row = [label, _fmt(key, outcome.metrics.get(key))]
-            if outcome.benchmark_metrics is not None:
-                row.append(_fmt(key, outcome.benchmark_metrics.get(key)))
-            table.add_row(*row)
-        out.print(table)
-        if outcome.tools is not None:
-            _print_tools(outcome.tools)
-        out.print(f"run id: {outcome.run_id}  ({outcome.fills} fills, config {outcome.config_hash})")
-        out.print(f"report: {outcome.report_path}", soft_wrap=True)
+        _print_backtest(outcome)
+
+
+def _print_backtest(outcome) -> None:
+    """The result table (fits 80 columns: long labels become footnotes) and the tool summary."""
+    columns = [(outcome.strategy, outcome.metrics, None)]
+    if outcome.benchmark_metrics is not None:
+        columns.append((f"{outcome.benchmark}*", outcome.benchmark_metrics,
+                        f"* {outcome.benchmark}: {outcome.benchmark_label}"))
+    columns.append(("EW hold**", outcome.equal_weight_metrics,
+                    f"** EW hold: {outcome.equal_weight_label}"))
+    table = Table(title=f"{outcome.strategy}, {outcome.start} to {outcome.end}",
+                  title_justify="left")
+    table.add_column("Metric")
+    for name, _metrics, _note in columns:
+        table.add_column(name if len(name) <= 18 else name[:17] + "…", justify="right")
+    for label, key, kind in _METRIC_ROWS:
+        table.add_row(label, *(_fmt(kind, metrics.get(key)) for _name, metrics, _note in columns))
+    out.print(table)
+    for _name, _metrics, note in columns:
+        if note:
+            out.print(note, style="dim")
+    if outcome.tools is not None:
+        _print_tools(outcome.tools)
+    out.print(f"run id: {outcome.run_id}  ({outcome.fills:,} fills, config {outcome.config_hash})")
+    if outcome.report_error is None:
+        out.print(f"report: {outcome.report_path}")
 
 
 def _print_tools(tools: dict) -> None:
     bps = tools["tool_cost_bps_of_traded_notional"]
     out.print(
         f"tools: {tools['tool_calls']:,} calls for {tools['decisions']:,} decisions "
-        f"({tools['calls_per_decision']:.2f} per decision); cost ${tools['tool_cost_usd']:,.4f} "
-        f"(${tools['tool_cost_per_decision_usd']:.5f} per decision, "
-        f"{'n/a' if bps is None else f'{bps:.5f}'} bps of traded notional)"
+        f"({tools['calls_per_decision']:.2f} per decision); cost ${tools['tool_cost_usd']:,.2f} "
+        f"(${tools['tool_cost_per_decision_usd']:.4f} per decision, "
+        f"{'n/a' if bps is None else f'{bps:.4f}'} bps of traded notional)"
     )
     if tools["tool_mix"]:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in tools["tool_mix"].items())
@@ -233,7 +256,36 @@ def _print_tools(tools: dict) -> None:
     if tools["pnl_attribution_usd"]:
         parts = ", ".join(f"{k} {v:+,.0f}" for k, v in sorted(
             tools["pnl_attribution_usd"].items(), key=lambda kv: -abs(kv[1])))
-        out.print(f"P&L by tools used (USD, horizon forward return): {parts}")
+        out.print(f"P&L by tools used (USD, over each decision's horizon): {parts}")
+
+
+@app.command("report")
+def report(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
+                                          help="A stored backtest run (`quantorch query "
+                                               "\"SELECT run_id FROM v_runs\"` lists them).")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", metavar="FILE", show_default=False,
+                     help="Where to write the HTML [default: backtests/RUN_ID.html, the path "
+                          "stored with the run]."),
+    ] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write (again) the HTML report of a stored backtest, from the database alone.
+
+    Example: quantorch report bt-20260101-120000-abcdef
+    """
+    with guard(debug):
+        from quantorch.backtest.records import regenerate_report
+
+        cfg = load(config, {})
+        store = open_store(cfg, db)
+        path = regenerate_report(store, run_id, output=output,
+                                 default_folder=Path(cfg.reports_dir))
+        out.print(f"report: {path}")
 
 
 @data_app.command("fetch")
@@ -269,9 +321,10 @@ def data_fetch(
             available, wanted, parse_date(start) or dt.date(1990, 1, 1),
             parse_date(end, is_end=True), cfg.data.source,
         )
-        with err.status("fetching", spinner="dots") as status:
+        with BarProgress() as progress:
+            progress.phase(f"fetching from {cfg.data.source}")
             report = ensure_prices(store, cfg.data.source, wanted, first, last,
-                                   provider=provider, on_request=status.update)
+                                   provider=provider, on_request=progress.phase)
         if report.cached:
             out.print(f"already stored: {len(wanted)} ticker(s) from {cfg.data.source}, "
                       f"{first} to {last}; no request made")
@@ -287,11 +340,15 @@ def data_import(
     adjusted: Annotated[bool, typer.Option("--adjusted",
                                            help="Closes are already adjusted: use close as "
                                                 "adj_close when that column is absent.")] = False,
+    date_format: DateFormatOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Import daily bars from a file as the `file` source; a bad file writes nothing.
+
+    Dates are read exactly: ISO by default, else --date-format; bars must be on NYSE sessions
+    and their prices must fit together (high >= low, open and close within them).
 
     Example: quantorch data import prices.csv, then quantorch backtest --source file --start 2020
     """
@@ -299,7 +356,7 @@ def data_import(
         from quantorch.data.service import import_prices, read_price_file
 
         cfg = load(config, {})
-        frame = read_price_file(file, adjusted=adjusted)
+        frame = read_price_file(file, adjusted=adjusted, date_format=date_format)
         store = open_store(cfg, db)
         rows = import_prices(store, frame, source="file")
         n_tickers = frame["ticker"].nunique()
@@ -316,7 +373,7 @@ def data_list(
     db: DbOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """List stored prices: ticker, source, first and last date, rows."""
+    """List stored prices: ticker, source, first and last date, rows (reads only)."""
     with guard(debug):
         import pandas as pd
 
@@ -332,7 +389,15 @@ def data_list(
             from quantorch.data.service import coverage_table
 
             cfg = load(config, {})
-            frame = coverage_table(open_store(cfg, db))
+            store = open_store(cfg, db)
+            if not store.exists:  # a read-only command never creates the file
+                if json_output:
+                    sys.stdout.write("[]\n")
+                    return
+                out.print(f"no database at {store.path} yet: run `quantorch backtest --start "
+                          "2020` or `quantorch data fetch` to create it")
+                return
+            frame = coverage_table(store)
         if json_output:
             sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
             return
@@ -352,8 +417,23 @@ _register_commands()
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Every command closes its files and database connections before it returns, so the process
+    ends right after its last line: tearing down torch, numba and vectorbt at interpreter exit
+    would otherwise add seconds of silence after the output.
+    """
+    import logging
+    import os
+
+    code = app(standalone_mode=False)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that stopped early (| head)
+            pass
+    os._exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from quantorch.cli._common import (
+    BarProgress,
     ConfigOpt,
     DbOpt,
     DebugOpt,
     EndOpt,
     JsonOpt,
     StartOpt,
+    compact_table,
     err,
     guard,
     load,
@@ -28,8 +29,9 @@ from quantorch.cli._common import (
 
 ProfilesOpt = Annotated[
     Optional[str],
-    typer.Option("--profiles", show_default=False,
-                 help="Comma-separated profile names or YAML paths; 'all' = every shipped one."),
+    typer.Option("--profiles", metavar="NAMES", show_default=False,
+                 help="Comma-separated profile names or YAML files; 'all' = every shipped one "
+                      "[default: all]."),
 ]
 
 
@@ -43,20 +45,28 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    train_start: Annotated[Optional[str], typer.Option("--train-start", show_default=False,
-                                                       help="First day of the training period.")] = None,
-    train_end: Annotated[Optional[str], typer.Option("--train-end", show_default=False,
-                                                     help="Last day of the training period.")] = None,
-    val_start: Annotated[Optional[str], typer.Option("--val-start", show_default=False,
-                                                     help="First day of the validation period.")] = None,
-    val_end: Annotated[Optional[str], typer.Option("--val-end", show_default=False,
-                                                   help="Last day of the validation period.")] = None,
+    train_start: Annotated[Optional[str], typer.Option(
+        "--train-start", metavar="DATE", show_default=False,
+        help="First day of the training period [default: 2005-01-01].")] = None,
+    train_end: Annotated[Optional[str], typer.Option(
+        "--train-end", metavar="DATE", show_default=False,
+        help="Last day of the training period [default: 2018-12-31].")] = None,
+    val_start: Annotated[Optional[str], typer.Option(
+        "--val-start", metavar="DATE", show_default=False,
+        help="First day of the validation period, after the training period "
+             "[default: 2019-01-01].")] = None,
+    val_end: Annotated[Optional[str], typer.Option(
+        "--val-end", metavar="DATE", show_default=False,
+        help="Last day of the validation period [default: 2019-12-31].")] = None,
     profiles: ProfilesOpt = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", show_default=False,
-                                                 help="Environment steps to train for.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", show_default=False,
-                                                help="Random seed (training is deterministic for it).")] = None,
-    out_path: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")] = Path("policy.pt"),
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", metavar="N", show_default=False,
+        help="Environment steps to train for [default: 1000000].")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", metavar="N", show_default=False,
+        help="Random seed; training is deterministic for it [default: 42].")] = None,
+    out_path: Annotated[Path, typer.Option("--out", metavar="FILE",
+                                           help="Checkpoint file to write.")] = Path("policy.pt"),
     all_tools: Annotated[bool, typer.Option(
         "--all-tools", help="Train the all-tools baseline's decision head (forced full routing).")] = False,
     config: ConfigOpt = None,
@@ -73,10 +83,10 @@ def train(
         from quantorch.training.pipeline import train_from_config
 
         cfg = load(config, {
-            "training.train_start": parse_date(train_start),
-            "training.train_end": parse_date(train_end, is_end=True),
-            "training.val_start": parse_date(val_start),
-            "training.val_end": parse_date(val_end, is_end=True),
+            "training.train_start": parse_date(train_start, flag="--train-start"),
+            "training.train_end": parse_date(train_end, is_end=True, flag="--train-end"),
+            "training.val_start": parse_date(val_start, flag="--val-start"),
+            "training.val_end": parse_date(val_end, is_end=True, flag="--val-end"),
             "training.profiles": _names(profiles),
             "training.steps": steps,
             "seed": seed,
@@ -108,11 +118,13 @@ def evaluate(
     start: StartOpt = None,
     end: EndOpt = None,
     profiles: ProfilesOpt = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per orchestrator.")] = 5,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, metavar="N",
+                                       help="Seeds for the orchestrators that draw random "
+                                            "numbers (random).")] = 5,
     orchestrators: Annotated[Optional[str], typer.Option(
-        "--orchestrators", show_default=False,
+        "--orchestrators", metavar="NAMES", show_default=False,
         help="Comma-separated subset of: policy, all-tools, free-tools, technical-only, random, "
-             "buy-and-hold (default: all).")] = None,
+             "buy-and-hold (the rule strategy) [default: all].")] = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
@@ -120,17 +132,15 @@ def evaluate(
 ) -> None:
     """Compare every orchestrator under each profile on a held-out period.
 
-    Prints Sharpe, CAGR, max drawdown, turnover, tool cost, calls per decision and preference
-    adherence with confidence intervals, checks the cost-vs-return targets, stores the
-    evaluation, and writes an HTML report with the cost-vs-Sharpe plot.
+    Prints Sharpe (with its block-bootstrap 95% interval), CAGR, max drawdown, turnover, tool
+    cost, calls per decision and preference adherence, checks the cost-vs-return targets,
+    stores the evaluation, and writes an HTML report with the cost-vs-Sharpe plot.
 
     Example: quantorch evaluate --start 2020 --end 2022-12-28 --seeds 5
     """
     with guard(debug):
-        from quantorch.evaluation import evaluate as run_evaluation
-        from quantorch.orchestrator.orchestrators import ORCHESTRATORS, make_orchestrator
-        from quantorch.toolkit.registry import available_tools
-        from quantorch.training.pipeline import resolve_profiles
+        from quantorch.orchestrator import check_orchestrator_name
+        from quantorch.orchestrator.profiles import list_profiles, load_profile
 
         cfg = load(config, {
             "backtest.start": parse_date(start),
@@ -138,32 +148,60 @@ def evaluate(
             "backtest.strategy": "orchestrator",
             "backtest.rebalance": "weekly",
         })
-        names = _names(orchestrators) or list(ORCHESTRATORS)
-        for name in names:
-            if name not in ORCHESTRATORS:
-                make_orchestrator(name, None)  # raises the did-you-mean error
-        chosen = resolve_profiles(_names(profiles) or ["all"], available_tools())
+        from quantorch.evaluation import BASELINE_STRATEGIES, EVALUATED
+
+        names = _names(orchestrators) or list(EVALUATED)
+        for name in names:  # cheap checks first: a typo fails in a second, not after minutes
+            if name not in BASELINE_STRATEGIES:
+                check_orchestrator_name(name)
+        wanted = _names(profiles) or ["all"]
+        for name in (list_profiles() if wanted == ["all"] else wanted):
+            load_profile(name)
+        from quantorch.evaluation import evaluate as run_evaluation
+        from quantorch.toolkit.registry import available_tools
+        from quantorch.training.pipeline import resolve_profiles
+
+        chosen = resolve_profiles(wanted, available_tools())
         store = open_store(cfg, db)
-        with err.status("evaluating", spinner="dots") as status:
-            evaluation = run_evaluation(cfg, store, chosen, names, seeds, say=status.update)
+        with BarProgress() as progress:
+            evaluation = run_evaluation(cfg, store, chosen, names, seeds, progress=progress)
         if json_output:
             sys.stdout.write(json.dumps(evaluation.to_json(), allow_nan=False) + "\n")
             return
-        table = Table(title=f"held-out {evaluation.start} to {evaluation.end}")
-        for column in ("orchestrator", "profile", "Sharpe [95% CI]", "CAGR", "max DD", "turnover",
-                       "tool $ total", "calls/dec", "pref. adherence"):
-            table.add_column(column, justify="left" if column in {"orchestrator", "profile"} else "right")
-        for r in evaluation.rows:
-            lo, hi = r.sharpe_ci_bootstrap
-            table.add_row(
-                r.orchestrator, r.profile, f"{r.sharpe:.2f} [{lo:.2f}, {hi:.2f}]", f"{r.cagr:+.1%}",
-                f"{r.max_drawdown:.1%}", f"{r.turnover:.2f}", f"{r.tool_cost_usd:,.2f}",
-                f"{r.calls_per_decision:.2f}",
-                "n/a" if r.preference_adherence is None else f"{r.preference_adherence:.0%}",
-            )
-        out.print(table)
-        for key, target in evaluation.targets.items():
-            mark = "[green]met[/]" if target["met"] else "[red]not met[/]"
-            out.print(f"target {key}: {mark} ({target['rule']})")
-        out.print(f"run id: {evaluation.run_id}")
-        out.print(f"report: {evaluation.report_path}")
+        _print_evaluation(evaluation)
+
+
+#: Short names in the evaluate table (the legend under it spells them out).
+_SHORT = {"technical-only": "tech-only", "buy-and-hold": "B&H", "cautious-fundamental": "cautious",
+          "active-technical": "active", "cost-conscious-quant": "cost"}
+
+
+def _print_evaluation(evaluation) -> None:
+    """The evaluate table, readable at 80 columns (long names abbreviated, with a legend)."""
+    table = compact_table(f"held-out {evaluation.start} to {evaluation.end}")
+    for column in ("orch.", "profile", "Sharpe [95% CI]", "CAGR", "maxDD", "turn", "tool $",
+                   "calls", "pref"):
+        table.add_column(column, justify="left" if column in {"orch.", "profile"} else "right",
+                         no_wrap=True)
+    for r in evaluation.rows:
+        lo, hi = r.sharpe_ci_bootstrap
+        table.add_row(
+            _SHORT.get(r.orchestrator, r.orchestrator), _SHORT.get(r.profile, r.profile),
+            f"{r.sharpe:.2f} [{lo:.1f},{hi:.1f}]", f"{r.cagr:+.1%}", f"{r.max_drawdown:.0%}",
+            f"{r.turnover:.1f}", f"{r.tool_cost_usd:,.2f}", f"{r.calls_per_decision:.2f}",
+            "-" if r.preference_adherence is None else f"{r.preference_adherence:.0%}",
+        )
+    out.print(table)
+    used = sorted({n for r in evaluation.rows for n in (r.orchestrator, r.profile) if n in _SHORT})
+    legend = ", ".join(f"{_SHORT[n]} = {n}" for n in used)
+    out.print(
+        "turn = turnover (x/yr); tool $ = tool cost over the period (USD); calls = tool calls "
+        "per decision; pref = preference adherence" + (f"; {legend}" if legend else ""),
+        style="dim",
+    )
+    for key, target in evaluation.targets.items():
+        mark = "met" if target["met"] else "not met"
+        out.print(f"target {key}: {mark} ({target['rule']})",
+                  style="green" if target["met"] else "red")
+    out.print(f"run id: {evaluation.run_id}")
+    out.print(f"report: {evaluation.report_path}")

@@ -9,13 +9,11 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.table import Table
 
-from quantorch.cli._common import DebugOpt, JsonOpt, guard, out
+from quantorch.cli._common import DebugOpt, JsonOpt, compact_table, guard, new_app, out
 
-profile_app = typer.Typer(
-    help="Trader preference profiles: risk limits, style, tool preferences, budget.",
-    no_args_is_help=True,
+profile_app = new_app(
+    "Trader preference profiles: risk limits, style, tool preferences, budget.",
 )
 
 
@@ -37,10 +35,10 @@ def profile_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None:
         if json_output:
             sys.stdout.write(json.dumps([p.model_dump(mode="json") for p in profiles]) + "\n")
             return
-        table = Table(title="trader profiles (configs/traders)")
+        table = compact_table("trader profiles (configs/traders)")
         table.add_column("name", no_wrap=True)
-        for column in ("risk aversion", "holding (sessions)", "prefers", "budget $/decision", "max pos", "shorts"):
-            table.add_column(column)
+        for column in ("risk", "hold", "prefers", "budget $", "max pos", "short"):
+            table.add_column(column, justify="left" if column == "prefers" else "right")
         for p in profiles:
             prefers = ", ".join(f"{k} {v:g}" for k, v in p.tool_preferences.items()) or "-"
             table.add_row(
@@ -49,6 +47,9 @@ def profile_list(json_output: JsonOpt = False, debug: DebugOpt = False) -> None:
                 "yes" if p.limits.allow_short else "no",
             )
         out.print(table)
+        out.print("risk = risk aversion; hold = typical holding period (sessions); budget $ = "
+                  "tool spend allowed per decision; max pos = largest weight per ticker",
+                  style="dim")
 
 
 @profile_app.command("show")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from quantorch.config import QuantorchConfig
 from quantorch.errors import UserInputError
+from quantorch.orchestrator import check_orchestrator_name
 from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.orchestrators import make_orchestrator
 from quantorch.orchestrator.policy import PolicyCheckpoint, load_checkpoint
@@ -56,19 +57,14 @@ def build_orchestrator_strategy(
     cache: dict | None = None,
 ) -> OrchestratorStrategy:
     """The configured orchestrator under the configured profile, ready to backtest."""
-    from quantorch.backtest.runner import benchmark_symbol
     from quantorch.toolkit.market import load_market_data
     from quantorch.toolkit.registry import available_tools
     from quantorch.training.data import WARMUP_SESSIONS
 
     settings = config.orchestrator
+    check_orchestrator_name(settings.name)
     profile = load_profile(settings.profile, known_tools=available_tools())
-    if settings.name == "buy-and-hold":
-        policy = all_tools = None
-        if policies is not None:
-            policy, all_tools = policies
-    else:
-        policy, all_tools = policies or load_policies(config, settings.name == "all-tools")
+    policy, all_tools = policies or load_policies(config, settings.name == "all-tools")
     orchestrator = make_orchestrator(
         settings.name, policy, all_tools, seed=config.seed if seed is None else seed
     )
@@ -82,7 +78,7 @@ def build_orchestrator_strategy(
             panel.tickers,
             panel.dates[0].date(),
             panel.dates[-1].date(),
-            benchmark=benchmark_symbol(config),
+            benchmark=config.benchmark_symbol,
         )
 
     return OrchestratorStrategy(

@@ -11,7 +11,9 @@ as training uses; they differ only in which slots they may or must call (an
 - ``technical-only``: calls the dearest ``technical`` provider, then the policy's head decides.
 - ``random``: routes at random at the same expected tool cost as ``policy``, then the policy's
   head decides.
-- ``buy-and-hold``: goes fully long once and holds; calls nothing.
+
+Buy-and-hold is the rule strategy ``buy-and-hold`` (equal weight, never rebalanced), not an
+orchestrator, so that one name always means one portfolio.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Protocol
 
 import numpy as np
 
-from quantorch.errors import UserInputError, closest
+from quantorch.errors import UserInputError
+from quantorch.orchestrator import ORCHESTRATORS, check_orchestrator_name
 from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot
-from quantorch.orchestrator.env import POSITION_BUCKETS, DecisionCore, EnvConfig
+from quantorch.orchestrator.env import DecisionCore, EnvConfig
 from quantorch.orchestrator.policy import PolicyCheckpoint
 from quantorch.orchestrator.profiles import TraderProfile
 
@@ -37,7 +40,6 @@ __all__ = [
     "dearest_slots",
 ]
 
-ORCHESTRATORS = ("policy", "all-tools", "free-tools", "technical-only", "random", "buy-and-hold")
 
 
 @dataclass(frozen=True)
@@ -204,22 +206,6 @@ def calibrate_random_router(
     return router
 
 
-@dataclass
-class BuyAndHold:
-    """Fully long once, then hold: never calls a tool."""
-
-    name: str = "buy-and-hold"
-
-    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
-        return replace(base, allowed_slots=(), forced_routing=None)
-
-    def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
-        previous = core.previous_position
-        target = np.where(previous == 0, 1.0, previous)
-        bucket = np.abs(POSITION_BUCKETS[None, :] - target[:, None]).argmin(axis=1)
-        return core.n_slots + bucket
-
-
 def make_orchestrator(
     name: str,
     policy: PolicyCheckpoint | None,
@@ -227,14 +213,7 @@ def make_orchestrator(
     seed: int = 0,
 ) -> Orchestrator:
     """The orchestrator called ``name`` (see :data:`ORCHESTRATORS`)."""
-    if name not in ORCHESTRATORS:
-        hint = closest(name, ORCHESTRATORS)
-        suggestion = f" (did you mean {hint}?)" if hint else ""
-        raise UserInputError(
-            f"unknown orchestrator '{name}'{suggestion}; available: {', '.join(ORCHESTRATORS)}"
-        )
-    if name == "buy-and-hold":
-        return BuyAndHold()
+    check_orchestrator_name(name)
     if policy is None:
         raise UserInputError(f"orchestrator '{name}' needs a policy checkpoint (--checkpoint)")
     slots = policy.slots

@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 
 from quantorch.data.panel import PricePanel
-from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, build_dataset
 from quantorch.errors import UserInputError
+from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, build_dataset
 from quantorch.orchestrator.env import EnvConfig, observation_names
 from quantorch.orchestrator.guard import apply_risk_guard
 from quantorch.orchestrator.orchestrators import Orchestrator, decide
 from quantorch.orchestrator.policy import PolicyCheckpoint
 from quantorch.orchestrator.profiles import TraderProfile
+from quantorch.progress import SILENT, Progress
 from quantorch.toolkit.spec import MarketData
 
 __all__ = ["OrchestratorStrategy", "DecisionLog", "slot_panels", "DECISION_TIME"]
@@ -46,11 +47,13 @@ def slot_panels(
     slots: Sequence[ToolSlot],
     tickers: list[str],
     dates: pd.DatetimeIndex,
+    progress: Progress = SILENT,
 ) -> tuple[list[tuple[ToolSlot, dict[str, pd.DataFrame]]], dict[str, float]]:
     """Whole panels of every slot's features, and the amortised latency (ms) per value."""
     from quantorch.toolkit.registry import get_tool
 
     out, latency = [], {}
+    progress.phase(f"tool panels for {len(tickers)} tickers x {len(dates)} dates", len(slots))
     for slot in slots:
         tool = get_tool(slot.tool)
         provider = tool.spec.provider(slot.provider)
@@ -59,6 +62,7 @@ def slot_panels(
         elapsed_ms = (time.perf_counter() - started) * 1000
         latency[slot.key] = elapsed_ms / max(1, len(tickers) * len(dates))
         out.append((slot, {name: frames[name] for name in slot.features}))
+        progress.advance(detail=slot.key)
     return out, latency
 
 
@@ -92,6 +96,8 @@ class OrchestratorStrategy:
     cache: dict | None = None
     #: The checkpoint's observation layout, checked before deciding (None: not checked).
     observation_names: list[str] | None = None
+    #: Where the tool panels and the decision walk report their progress.
+    progress: Progress = SILENT
 
     @property
     def name(self) -> str:
@@ -106,7 +112,9 @@ class OrchestratorStrategy:
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is None:
             market = self.market(panel)
-            panels, latency = slot_panels(market, self.slots, tickers, decision_dates)
+            panels, latency = slot_panels(
+                market, self.slots, tickers, decision_dates, self.progress
+            )
             dataset = build_dataset(
                 panel, panels, decision_dates, tickers, self.horizon, normalisation=self.normalisation
             )
@@ -150,7 +158,9 @@ class OrchestratorStrategy:
         previous_date = None
         row_dates = pd.DatetimeIndex(dataset.dates)
         cooldown_until: pd.Timestamp | None = None
+        self.progress.phase(f"{self.name}: deciding", len(decision_dates))
         for date in decision_dates:
+            self.progress.advance(detail=str(date.date()))
             if previous_date is not None:  # mark the book to market since the last decision
                 window = returns.loc[(returns.index > previous_date) & (returns.index <= date)]
                 for day_returns in window.to_numpy():

@@ -60,7 +60,6 @@ def market_for(
     config: QuantorchConfig, store: Store, start: dt.date, end: dt.date
 ) -> MarketData:
     """Prices (with warm-up), benchmark, factor ETFs, filings and news for the universe."""
-    from quantorch.backtest.runner import benchmark_symbol
     from quantorch.toolkit.market import load_market_data
 
     first = calendar.shift_sessions(start, -WARMUP_SESSIONS).date()
@@ -70,7 +69,7 @@ def market_for(
         list(config.universe),
         first,
         end,
-        benchmark=benchmark_symbol(config),
+        benchmark=config.benchmark_symbol,
     )
 
 

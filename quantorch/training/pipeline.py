@@ -48,7 +48,6 @@ def train_from_config(
     on_progress: Callable[[int, int, dict | None], None] | None = None,
 ) -> TrainOutcome:
     """Train the routing policy (or, with ``all_tools``, the forced-routing decision head)."""
-    from quantorch.backtest.runner import benchmark_symbol
     from quantorch.data import calendar
     from quantorch.data.providers.sample import FACTOR_ETFS
 
@@ -61,7 +60,7 @@ def train_from_config(
     say("loading prices")
     first = calendar.shift_sessions(periods.train_start, -WARMUP_SESSIONS).date()
     wanted = list(config.universe)
-    benchmark = benchmark_symbol(config)
+    benchmark = config.benchmark_symbol
     if benchmark:
         wanted.append(benchmark)
     if config.data.source == "sample":

@@ -86,7 +86,7 @@ def _assert_nothing_stored(db, tmp_path):
         (["--start", "20x0"], "bad date '20x0' for --start"),
         (["--start", "2020", "--strategy", "sma-crosss"], "did you mean sma-cross"),
         (["--start", "2020", "--source", "bloomberg"], "source"),
-        (["--start", "2020", "--fee-bps", "-3"], "costs.fee_bps"),
+        (["--start", "2020", "--fee-bps", "-3"], "bad --fee-bps -3.0"),
     ],
 )
 def test_bad_input_one_line_exit_2(loaded_db, tmp_path, args, message):

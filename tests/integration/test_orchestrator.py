@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from quantorch.cli.main import app
 from quantorch.config import load_config
 from quantorch.orchestrator.dataset import ToolSlot
-from quantorch.orchestrator.factory import build_orchestrator_strategy, load_policies
+from quantorch.orchestrator.factory import build_orchestrator_strategy
 from quantorch.orchestrator.policy import load_checkpoint, save_checkpoint
 from quantorch.store import Store
-from quantorch.training.ppo import PPOSettings
 from quantorch.training.pipeline import train_from_config
+from quantorch.training.ppo import PPOSettings
 
 runner = CliRunner()
 SHORT = {
