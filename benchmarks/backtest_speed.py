@@ -15,9 +15,11 @@ different offsets are different periods of it. The dates are the last ``--sessio
 sessions of the data set. Target weights are random, long-only, summing to 1, and change
 every session (a decision at every close, so every ticker trades every day: the worst case).
 
-``simulate()`` runs twice in one child process whose numba cache directory is empty
-(``NUMBA_CACHE_DIR`` set to a fresh folder): the first call includes numba compiling
-vectorbt's kernel; the second is warm. A second child reuses that now filled cache, giving
+``simulate()`` is the whole engine: the kernel's session walk (orders sized at each close
+with ``target_shares``, executed at the next session with ``execute``), vectorbt's
+``from_orders`` record of those share orders, and the check that both agree. It runs twice
+in one child process whose numba cache directory is empty (``NUMBA_CACHE_DIR`` set to a fresh
+folder): the first call includes numba compiling vectorbt's kernel; the second is warm. A second child reuses that now filled cache, giving
 the first-call time a fresh process sees in normal use (kernel loaded from the disk cache).
 Peak memory is the child process's peak resident set size (``resource.getrusage`` ``ru_maxrss``:
 interpreter, imports, the panel, and the simulations together); the increase over the

@@ -1,34 +1,58 @@
-"""The backtest kernel: target weights in, fills and daily equity out.
+"""The backtest engine: target weights (or share orders) in, fills and daily equity out.
+
+The fill rules are the kernel's (:mod:`quantorch.kernel.execution`), the same functions the
+session-by-session driver and the simulated broker call; this module walks the sessions with
+them and has vectorbt record the result.
 
 Timing (design brief, section 3)
 --------------------------------
 - A row of ``target_weights`` is a decision taken at the close of session t; it may only use
   data up to t (the strategies' contract).
-- Its orders fill at session t+1 (the next row of ``panel.dates``): at the adjusted open of
+- It becomes share orders **at t's close**: :func:`~quantorch.kernel.execution.target_shares`
+  sizes each ticker at its adjusted close of t, valuing the book at the marks (the close,
+  else the last fill price, carried forward). A ticker without a close at t gets no order.
+- The orders fill at session t+1 (the next row of ``panel.dates``): at the adjusted open of
   t+1 where that cell has an open, else at the adjusted close of t+1. A decision on the last
   session never fills; an order for a ticker with no price at t+1 is skipped (no fill row).
 - A NaN target means "leave this ticker's position as it is".
 
+The sizing rule changed (decision-time share quantities)
+--------------------------------------------------------
+Until now a target weight was handed to vectorbt as a target percentage
+(``SizeType.TargetPercent``) and sized at t+1's reference price, as it filled: a quantity no
+real broker can be sent, since an order needs its quantity when it is submitted at t.
+Orders are now share quantities fixed at t's closes, the one rule for backtests, the
+simulated broker and live adapters (Alpaca). Results move slightly: a position holds the
+shares sized at t, so its weight after the fill drifts with the overnight move from t's
+close to t+1's fill price; when prices rose overnight the buys need more cash than was set
+aside and the last buys of the session (the largest) are partly filled with the cash left,
+when they fell some cash stays idle until the next rebalance.
+
 Execution
 ---------
-vectorbt's ``Portfolio.from_orders`` (numba) does cash and positions: one shared cash pool
-(``cash_sharing=True, group_by=True``), sells before buys (``call_seq='auto'``), target
-percentages valued at the un-slipped reference fill price (``val_price``), and no order may
-spend more cash than the pool holds (a buy that would is partly filled with the cash left).
-Slippage moves the fill price adversely by ``slippage_bps`` (buys pay ``p*(1+s)``, sells get
-``p*(1-s)``); the fee is ``fee_bps`` of the slipped notional. Costs are always charged.
+:func:`~quantorch.kernel.execution.execute` runs each session's orders: one shared cash
+pool, sells before buys (vectorbt's ``call_seq='auto'``: ascending order value), a buy that
+needs more cash than is left partly filled with the cash left, shorts allowed. Slippage moves
+the fill price adversely by ``slippage_bps`` (buys pay ``p*(1+s)``, sells get ``p*(1-s)``);
+the fee is ``fee_bps`` of the slipped notional. Costs are always charged.
+
+vectorbt's ``Portfolio.from_orders`` with those share quantities (``size_type=Amount``) is the
+engine of record: the fills and cash returned are vectorbt's. They must equal the kernel's
+walk to 1e-9 relative; a difference is a bug and raises :class:`RuntimeError` naming the first
+session and ticker where they part.
 
 Cash-buffer rule (how a target weight becomes an order)
 -------------------------------------------------------
 Every non-NaN target weight ``w`` is applied as ``w / ((1 + s) * (1 + f))`` of equity valued at
-the reference prices, on both sides and on every rebalance. Buying that weight from cash costs
-exactly ``w`` of equity including slippage and fees, so an all-cash buy of weights that sum to
-1 spends the cash to the cent and never overdraws it: for an equal-weight buy of N tickers
-from cash ``C``, ``shares_i = (C / N) / (p_i * (1 + s) * (1 + f))``. Because the same factor is
-applied to every rebalance, unchanged targets map to unchanged effective targets: daily
-rebalancing to the same weights only trades the drift (both ways), never a systematic sell.
-The held book therefore sits a factor ``1 / ((1+s)(1+f))`` (0.06% at 1 + 5 bps) below the
-nominal weights: that cash is the buffer that pays the next rebalance's costs.
+t's closes, on both sides and on every rebalance. Buying that weight from cash at t's close
+costs exactly ``w`` of equity including slippage and fees, so an all-cash buy of weights that
+sum to 1 spends the cash to the cent at those prices: for an equal-weight buy of N tickers
+from cash ``C``, ``shares_i = (C / N) / (close_i * (1 + s) * (1 + f))``, filled at t+1's
+reference price. Because the same factor is applied to every rebalance, unchanged targets map
+to unchanged effective targets: daily rebalancing to the same weights only trades the drift
+(both ways), never a systematic sell. The held book therefore sits a factor
+``1 / ((1+s)(1+f))`` (0.06% at 1 + 5 bps) below the nominal weights: that cash is the buffer
+that pays the next rebalance's costs.
 """
 
 from __future__ import annotations
@@ -40,8 +64,9 @@ import numpy as np
 import pandas as pd
 
 from quantorch.data.panel import PricePanel
+from quantorch.kernel.execution import Costs, execute, slippage_cost, target_shares
 
-__all__ = ["FILL_COLUMNS", "Costs", "SimulationResult", "simulate"]
+__all__ = ["FILL_COLUMNS", "Costs", "SimulationResult", "simulate", "simulate_orders"]
 
 #: Columns of :attr:`SimulationResult.fills`, in order.
 FILL_COLUMNS = (
@@ -58,38 +83,9 @@ FILL_COLUMNS = (
 
 _FLOAT_COLUMNS = FILL_COLUMNS[4:]
 _BUY = 0  # vectorbt.portfolio.enums.OrderSide.Buy
-_TARGET_PERCENT = 5  # vectorbt.portfolio.enums.SizeType.TargetPercent
+_AMOUNT = 0  # vectorbt.portfolio.enums.SizeType.Amount
 _BOTH = 2  # vectorbt.portfolio.enums.Direction.Both
-
-
-@dataclass(frozen=True)
-class Costs:
-    """Trading costs, charged on every fill.
-
-    Parameters
-    ----------
-    fee_bps
-        Commission in basis points of traded notional (quantity x fill price).
-    slippage_bps
-        Adverse price move in basis points of the reference fill price.
-    """
-
-    fee_bps: float
-    slippage_bps: float
-
-    def __post_init__(self) -> None:
-        for field in ("fee_bps", "slippage_bps"):
-            value = getattr(self, field)
-            if not np.isfinite(value) or not 0 <= value < 10_000:
-                raise ValueError(f"Costs.{field} must be in [0, 10000) bps, got {value!r}")
-
-    @property
-    def fee(self) -> float:
-        return self.fee_bps / 1e4
-
-    @property
-    def slippage(self) -> float:
-        return self.slippage_bps / 1e4
+_PARITY_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -116,6 +112,23 @@ class SimulationResult:
     gross_exposure: pd.Series
     fills: pd.DataFrame
     weights: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Prices:
+    close: np.ndarray
+    reference: np.ndarray  # the un-slipped fill price: the open, else the close
+    mark: np.ndarray  # valuation at the close: the close, else the fill price, carried on
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """The kernel's pass over the sessions: orders by fill session, and what they got."""
+
+    orders: np.ndarray  # signed shares executed at each session (NaN: none)
+    filled: np.ndarray  # signed shares filled (0: none)
+    fees: np.ndarray
+    cash: np.ndarray  # after each session's fills
 
 
 def simulate(
@@ -149,37 +162,137 @@ def simulate(
     ValueError
         A decision date or ticker is not in the panel, a date is duplicated, a weight is
         infinite, or ``initial_cash`` is not a positive number.
+    RuntimeError
+        vectorbt and the kernel disagree (a bug).
     """
+    _check_cash(initial_cash)
+    dates = _dates(panel)
+    target = _grid(target_weights, dates, panel.close.columns, "target_weights")
+    if np.isinf(target).any():
+        raise ValueError("target_weights has infinite values (use NaN to keep a position)")
+    prices = _prices(panel)
+    walk = _walk(prices, costs, float(initial_cash), target=target)
+    del target
+    return _record(panel, prices, walk, costs, float(initial_cash))
+
+
+def simulate_orders(
+    panel: PricePanel,
+    orders: pd.DataFrame,
+    costs: Costs,
+    initial_cash: float,
+) -> SimulationResult:
+    """Execute given share orders on ``panel`` from all cash, with the engine's fill rules.
+
+    Parameters
+    ----------
+    panel
+        Prices; the simulation covers all of ``panel.dates``.
+    orders
+        Fill sessions (a subset of ``panel.dates``, never the first: an order fills the
+        session after its decision) x tickers (a subset of the panel's): signed share
+        quantities to execute at that session (buy > 0, sell < 0). NaN or 0 is no order.
+    costs
+        Fees and slippage, always charged.
+    initial_cash
+        Starting cash (no positions).
+
+    Returns
+    -------
+    SimulationResult
+        vectorbt's record of the orders; ``decision_date`` of a fill is the session before
+        its ``fill_date``.
+
+    Raises
+    ------
+    ValueError
+        A session or ticker is not in the panel, a session is duplicated, an order is
+        infinite or on the first session, or ``initial_cash`` is not a positive number.
+    RuntimeError
+        vectorbt and the kernel disagree (a bug).
+    """
+    _check_cash(initial_cash)
+    dates = _dates(panel)
+    grid = _grid(orders, dates, panel.close.columns, "orders")
+    if np.isinf(grid).any():
+        raise ValueError("orders has infinite quantities (use NaN or 0 for no order)")
+    if len(dates) and np.nan_to_num(grid[0]).any():
+        raise ValueError(
+            f"orders has an order on {dates[0].date()}, the first session of the panel: an "
+            "order fills the session after its decision, so start the panel a session earlier"
+        )
+    prices = _prices(panel)
+    walk = _walk(prices, costs, float(initial_cash), orders=grid)
+    del grid
+    return _record(panel, prices, walk, costs, float(initial_cash))
+
+
+def _check_cash(initial_cash: float) -> None:
     if not np.isfinite(initial_cash) or initial_cash <= 0:
         raise ValueError(f"initial_cash must be a positive number, got {initial_cash!r}")
+
+
+def _dates(panel: PricePanel) -> pd.DatetimeIndex:
     dates = pd.DatetimeIndex(panel.dates)
-    tickers = list(panel.tickers)
     if not (dates.is_monotonic_increasing and dates.is_unique):
         raise ValueError("panel dates must be sorted and unique")
-    n_dates, n_tickers = len(dates), len(tickers)
+    return dates
 
-    target = _target_matrix(target_weights, dates, panel.close.columns)
+
+def _prices(panel: PricePanel) -> _Prices:
     close = panel.close.to_numpy(dtype=np.float64)
     opens = panel.open.to_numpy(dtype=np.float64)
-    reference = np.where(np.isnan(opens), close, opens)  # the un-slipped fill price
+    reference = np.where(np.isnan(opens), close, opens)
     del opens
-    # The mark for valuation at the close: the close, else that day's fill price, carried on.
     mark = _ffill(np.where(np.isnan(close), reference, close))
+    return _Prices(close=close, reference=reference, mark=mark)
 
-    # Decision at row t -> order at row t+1, scaled by the cash-buffer rule.
-    buffer = (1.0 + costs.slippage) * (1.0 + costs.fee)
-    size = np.full((n_dates, n_tickers), np.nan)
-    if n_dates > 1:
-        np.divide(target[:-1], buffer, out=size[1:])
-    del target
-    # Value held positions at the fill price where there is one, else at the last mark.
-    val_price = reference.copy()
-    if n_dates > 1:
-        np.copyto(val_price[1:], mark[:-1], where=np.isnan(reference[1:]))
-    n_orders = int(np.count_nonzero(~np.isnan(size) & ~np.isnan(reference)))
 
-    records = _run_vectorbt(close, size, reference, val_price, costs, initial_cash, n_orders)
-    del size, val_price, reference
+def _walk(
+    prices: _Prices,
+    costs: Costs,
+    initial_cash: float,
+    *,
+    target: np.ndarray | None = None,
+    orders: np.ndarray | None = None,
+) -> _Walk:
+    """Run the kernel session by session: fills at the open (reference price), then, with
+    ``target``, size the next session's orders at this close."""
+    n_dates, n_tickers = prices.reference.shape
+    if orders is None:
+        orders = np.full((n_dates, n_tickers), np.nan)
+    filled = np.zeros((n_dates, n_tickers))
+    fees = np.zeros((n_dates, n_tickers))
+    cash_path = np.empty(n_dates)
+    shares = np.zeros(n_tickers)
+    cash = initial_cash
+    decides = None if target is None else ~np.isnan(target).all(axis=1)
+    for i in range(n_dates):
+        row = orders[i]
+        if not np.isnan(row).all():
+            done = execute(shares, cash, row, prices.reference[i], costs)
+            shares, cash = done.shares, done.cash
+            filled[i] = done.filled
+            fees[i] = done.fees
+        cash_path[i] = cash
+        if decides is not None and decides[i] and i + 1 < n_dates:
+            orders[i + 1] = target_shares(
+                shares, cash, target[i], prices.close[i], costs, marks=prices.mark[i]
+            )
+    return _Walk(orders=orders, filled=filled, fees=fees, cash=cash_path)
+
+
+def _record(
+    panel: PricePanel, prices: _Prices, walk: _Walk, costs: Costs, initial_cash: float
+) -> SimulationResult:
+    """vectorbt's record of the walk's orders, checked against the walk, as a result."""
+    dates = pd.DatetimeIndex(panel.dates)
+    tickers = list(panel.tickers)
+    n_dates, n_tickers = len(dates), len(tickers)
+    reference = prices.reference
+    n_orders = int(np.count_nonzero(~np.isnan(walk.orders) & ~np.isnan(reference)))
+    records = _run_vectorbt(prices.close, walk.orders, reference, costs, initial_cash, n_orders)
+    _check_fills(records, walk, dates, tickers)
 
     # Fill order: by session, then ticker name.
     names = np.asarray([str(t) for t in tickers], dtype=object)
@@ -191,16 +304,13 @@ def simulate(
     col = records["col"][order]
     is_buy = records["side"][order] == _BUY
     amounts = np.empty((len(_FLOAT_COLUMNS), len(order)))  # one block for the float columns
-    quantity, fill_price, notional, fees, slippage_cost = amounts
+    quantity, fill_price, notional, fees, slip = amounts
     np.take(records["size"], order, out=quantity)
     np.take(records["price"], order, out=fill_price)
     np.take(records["fees"], order, out=fees)
     del records, order
     np.multiply(quantity, fill_price, out=notional)
-    # fill = ref * (1 + s) for buys, ref * (1 - s) for sells: the slippage paid per share is
-    # fill * s / (1 +- s), exactly, without keeping the reference prices around.
-    s = costs.slippage
-    np.multiply(notional, np.where(is_buy, s / (1.0 + s), s / (1.0 - s)), out=slippage_cost)
+    slip[:] = slippage_cost(quantity, reference[idx, col], costs.slippage)
 
     flow = np.zeros((n_dates, n_tickers))
     flow[idx, col] = np.where(is_buy, quantity, -quantity)  # at most one order per cell
@@ -209,12 +319,13 @@ def simulate(
     cash = initial_cash + np.cumsum(np.bincount(idx, weights=cash_flow, minlength=n_dates))
     del cash_flow
     cash[np.abs(cash) <= 1e-9 * initial_cash] = 0.0  # summation dust from an all-in buy
-    np.multiply(value, mark, out=value, where=value != 0)  # ... now in money
-    del mark
+    np.multiply(value, prices.mark, out=value, where=value != 0)  # ... now in money
     value[np.isnan(value)] = 0.0
+    gross_value = np.abs(value).sum(axis=1)
+    _check_cash_path(cash, walk.cash, gross_value, dates)
     equity = cash + value.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        gross = np.abs(value).sum(axis=1) / equity
+        gross = gross_value / equity
         np.divide(value, equity[:, None], out=value)  # ... now weights
 
     fills = pd.DataFrame(amounts.T, columns=list(_FLOAT_COLUMNS), copy=False)
@@ -237,44 +348,92 @@ def simulate(
     )
 
 
+def _parity_error(what: str, date: pd.Timestamp, detail: str) -> RuntimeError:
+    return RuntimeError(
+        f"internal error: vectorbt and the execution kernel disagree on {what} at "
+        f"{date.date()}{detail}. This is a bug in quantorch.kernel.execution or the engine, "
+        "not in the inputs: please report it with the panel and orders."
+    )
+
+
+def _check_fills(records: np.ndarray, walk: _Walk, dates: pd.DatetimeIndex, tickers) -> None:
+    """vectorbt's fills must be the kernel's, ticker by ticker, to 1e-9 relative."""
+    idx, col = records["idx"], records["col"]
+    matched = walk.filled[idx, col]
+    signed = np.where(records["side"] == _BUY, records["size"], -records["size"])
+    if (
+        len(records) == np.count_nonzero(walk.filled)
+        and _agree(signed, matched)
+        and _agree(records["fees"], walk.fees[idx, col])
+    ):
+        return
+    vbt_filled = np.zeros_like(walk.filled)
+    vbt_fees = np.zeros_like(walk.fees)
+    vbt_filled[idx, col] = signed
+    vbt_fees[idx, col] = records["fees"]
+    differs = ~(
+        np.isclose(vbt_filled, walk.filled, rtol=_PARITY_RTOL, atol=0)
+        & np.isclose(vbt_fees, walk.fees, rtol=_PARITY_RTOL, atol=0)
+    )
+    i, j = np.unravel_index(int(np.argmax(differs)), differs.shape)
+    raise _parity_error(
+        "a fill",
+        dates[i],
+        f" {tickers[j]}: vectorbt filled {vbt_filled[i, j]!r} shares (fees {vbt_fees[i, j]!r}), "
+        f"the kernel {walk.filled[i, j]!r} (fees {walk.fees[i, j]!r})",
+    )
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal (the usual case: the same arithmetic), else equal to 1e-9 relative."""
+    return np.array_equal(a, b) or np.allclose(a, b, rtol=_PARITY_RTOL, atol=0)
+
+
+def _check_cash_path(
+    cash: np.ndarray, kernel_cash: np.ndarray, gross_value: np.ndarray, dates
+) -> None:
+    """vectorbt's cash must be the kernel's to 1e-9 of the book (cash + gross positions)."""
+    scale = np.maximum(np.abs(cash), np.abs(kernel_cash)) + gross_value
+    differs = ~(np.abs(cash - kernel_cash) <= _PARITY_RTOL * scale)
+    if differs.any():
+        i = int(np.argmax(differs))
+        raise _parity_error(
+            "the cash", dates[i], f": vectorbt {cash[i]!r}, the kernel {kernel_cash[i]!r}"
+        )
+
+
 def _ffill(values: np.ndarray) -> np.ndarray:
     """Carry the last non-NaN value of each column forward (NaN before the first)."""
     return pd.DataFrame(values, copy=False).ffill().to_numpy()
 
 
-def _target_matrix(
-    target_weights: pd.DataFrame, dates: pd.DatetimeIndex, columns: pd.Index
-) -> np.ndarray:
-    """``target_weights`` placed on the panel's (dates x tickers) grid, NaN elsewhere."""
-    target = np.full((len(dates), len(columns)), np.nan)
-    if target_weights.empty:
-        return target
-    decision_dates = pd.DatetimeIndex(target_weights.index)
-    if not decision_dates.is_unique:
-        raise ValueError("target_weights has duplicate decision dates")
-    rows = dates.get_indexer(decision_dates)
+def _grid(frame: pd.DataFrame, dates: pd.DatetimeIndex, columns: pd.Index, name: str) -> np.ndarray:
+    """``frame`` placed on the panel's (dates x tickers) grid, NaN elsewhere."""
+    grid = np.full((len(dates), len(columns)), np.nan)
+    if frame.empty:
+        return grid
+    index = pd.DatetimeIndex(frame.index)
+    if not index.is_unique:
+        raise ValueError(f"{name} has duplicate dates")
+    rows = dates.get_indexer(index)
     if (rows < 0).any():
-        bad = decision_dates[rows < 0][0]
+        bad = index[rows < 0][0]
         raise ValueError(
-            f"target_weights has decision date {bad.date()} that is not a session of the panel "
+            f"{name} has date {bad.date()} that is not a session of the panel "
             f"({dates[0].date()} to {dates[-1].date()})"
         )
-    cols = columns.get_indexer(target_weights.columns)
+    cols = columns.get_indexer(frame.columns)
     if (cols < 0).any():
-        bad = [c for c, i in zip(target_weights.columns, cols, strict=True) if i < 0]
-        raise ValueError(f"target_weights has tickers not in the panel: {bad[:5]}")
-    values = target_weights.to_numpy(dtype=np.float64)
-    if np.isinf(values).any():
-        raise ValueError("target_weights has infinite values (use NaN to keep a position)")
-    target[np.ix_(rows, cols)] = values
-    return target
+        bad = [c for c, i in zip(frame.columns, cols, strict=True) if i < 0]
+        raise ValueError(f"{name} has tickers not in the panel: {bad[:5]}")
+    grid[np.ix_(rows, cols)] = frame.to_numpy(dtype=np.float64)
+    return grid
 
 
 def _run_vectorbt(
     close: np.ndarray,
     size: np.ndarray,
     price: np.ndarray,
-    val_price: np.ndarray,
     costs: Costs,
     initial_cash: float,
     n_orders: int,
@@ -285,10 +444,10 @@ def _run_vectorbt(
     portfolio = vbt.Portfolio.from_orders(
         close=close,
         size=size,
-        size_type=_TARGET_PERCENT,
+        size_type=_AMOUNT,
         direction=_BOTH,
         price=price,
-        val_price=val_price,
+        val_price=np.inf,  # order values (call sequence) at the order price, as the kernel
         fees=costs.fee,
         fixed_fees=0.0,
         slippage=costs.slippage,
