@@ -28,7 +28,7 @@ import pandas as pd
 from quantorch.data import _parsing as parsing
 from quantorch.data.news import ImportReport, parse_mapping, read_table_file, resolve_columns
 from quantorch.errors import DataValidationError, UserInputError
-from quantorch.store import Store
+from quantorch.store import Store, repository
 
 __all__ = [
     "FUNDAMENTAL_COLUMNS",
@@ -151,26 +151,6 @@ def import_fundamentals(store: Store, frame: pd.DataFrame) -> ImportReport:
     report = ImportReport(rows=len(frame), tickers=int(frame["ticker"].nunique()))
     rows = frame[list(FUNDAMENTAL_COLUMNS)]
     with store.transaction() as con:
-        con.register("_incoming_fundamentals", rows)
-        try:
-            counts = con.execute(
-                """
-                SELECT
-                    count(*) FILTER (WHERE f.ticker IS NULL),
-                    count(*) FILTER (WHERE f.ticker IS NOT NULL
-                                     AND (f.value <> i.value OR f.filed_at <> CAST(i.filed_at AS DATE))),
-                FROM _incoming_fundamentals i
-                LEFT JOIN fundamentals f
-                  ON f.ticker = i.ticker AND f.period_end = CAST(i.period_end AS DATE)
-                 AND f.metric = i.metric AND f.source = i.source
-                """
-            ).fetchall()[0]
-            con.execute(
-                "INSERT OR REPLACE INTO fundamentals SELECT ticker, CAST(period_end AS DATE), "
-                "CAST(filed_at AS DATE), metric, value, source FROM _incoming_fundamentals"
-            )
-        finally:
-            con.unregister("_incoming_fundamentals")
-    report.inserted, report.replaced = int(counts[0]), int(counts[1])
+        report.inserted, report.replaced = repository.upsert_fundamentals(con, rows)
     report.unchanged = report.rows - report.inserted - report.replaced
     return report

@@ -35,7 +35,7 @@ import pandas as pd
 
 from quantorch.data import _parsing as parsing
 from quantorch.errors import DataValidationError, UserInputError
-from quantorch.store import Store
+from quantorch.store import Store, repository
 
 __all__ = [
     "NEWS_COLUMNS",
@@ -344,17 +344,7 @@ def import_news(store: Store, frame: pd.DataFrame, notes: list[str] | None = Non
     )
     rows = frame[list(NEWS_COLUMNS)]
     with store.transaction() as con:
-        con.register("_incoming_news", rows)
-        try:
-            before = con.execute("SELECT count(*) FROM news").fetchall()[0][0]
-            con.execute(
-                "INSERT INTO news SELECT news_id, CAST(published_at AS TIMESTAMP), ticker, "
-                "headline, body, source FROM _incoming_news ON CONFLICT (news_id) DO NOTHING"
-            )
-            after = con.execute("SELECT count(*) FROM news").fetchall()[0][0]
-        finally:
-            con.unregister("_incoming_news")
-    report.inserted = int(after - before)
+        report.inserted = repository.insert_news(con, rows)
     report.unchanged = report.rows - report.inserted
     return report
 

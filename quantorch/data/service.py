@@ -25,9 +25,9 @@ from quantorch.errors import (
     DateRangeError,
     UnknownTickerError,
     UserInputError,
-    closest,
+    did_you_mean,
 )
-from quantorch.store import Store
+from quantorch.store import Store, repository
 
 __all__ = [
     "FetchReport",
@@ -291,32 +291,12 @@ def read_price_file(
 
 
 def _write(con, frame: pd.DataFrame, source: str) -> None:
-    """Upsert bars and extend each ticker's coverage to include them."""
-    rows = frame.assign(source=source)
-    con.register("_incoming", rows)
-    try:
-        con.execute(
-            "INSERT OR REPLACE INTO prices "
-            "SELECT ticker, CAST(date AS DATE), source, open, high, low, close, adj_close, volume "
-            "FROM _incoming"
-        )
-    finally:
-        con.unregister("_incoming")
+    """Upsert bars (each ticker's coverage is extended by :func:`_extend_coverage`)."""
+    repository.upsert_prices(con, frame, source)
 
 
 def _extend_coverage(con, source: str, spans: dict[str, tuple[dt.date, dt.date]]) -> None:
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    for ticker, (first, last) in spans.items():
-        con.execute(
-            """
-            INSERT INTO price_coverage VALUES (?, ?, ?, ?, ?)
-            ON CONFLICT (ticker, source) DO UPDATE SET
-                first_date = least(price_coverage.first_date, excluded.first_date),
-                last_date = greatest(price_coverage.last_date, excluded.last_date),
-                fetched_at = excluded.fetched_at
-            """,
-            [ticker, source, first, last, now],
-        )
+    repository.extend_coverage(con, source, spans)
 
 
 def import_prices(store: Store, frame: pd.DataFrame, source: str = "file") -> int:
@@ -362,8 +342,7 @@ def coverage_table(store: Store) -> pd.DataFrame:
 def check_known_tickers(tickers: Sequence[str], known: Sequence[str], source: str) -> None:
     for ticker in tickers:
         if ticker not in known:
-            hint = closest(ticker, known)
-            suggestion = f" (did you mean {hint}?)" if hint else ""
+            suggestion = did_you_mean(ticker, known)
             if source == "file":
                 fix = "import it first with `quantorch data import FILE`"
             else:

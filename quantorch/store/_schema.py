@@ -722,12 +722,340 @@ _V5 = (
     ),
 )
 
+# ---- migration 6: what a broker was asked, what it did, and the account's book -----------------
+# Storage for the kernel's values (orders, fills, positions, cash) so that a paper cycle can crash
+# anywhere and restart without duplicating an order or losing a fill. Choices, all checked
+# against DuckDB 2.0 (tests/unit/test_repository.py):
+# - Broker fills get their own table keyed (account, broker_fill_id) rather than new columns on
+#   `fills`. `fills` is keyed (run_id, fill_id INTEGER NOT NULL), so a broker fill there would
+#   need an invented run and number; DuckDB cannot add a CHECK to an existing table, so a mixed
+#   table could not require broker_fill_id on broker rows; and a UNIQUE index treats NULLs as
+#   distinct, so (account, NULL) rows would never be deduplicated. A NOT NULL primary key says
+#   "never stored twice" with no exception. Backtest fills stay in `fills`, untouched.
+# - Vocabularies that may grow (order status, cash kind, cycle status) are checked by
+#   quantorch.store.repository, not by CHECK constraints: DuckDB can neither add nor drop a CHECK
+#   later, so a new status would mean rebuilding the table. Only invariants (side, positive
+#   finite quantities) are CHECKs.
+# - No FOREIGN KEYs: a broker may report a fill for an order placed outside quantorch, and
+#   DuckDB forbids deleting or re-keying a referenced row.
+# - Cash entries are idempotent by UNIQUE (account, broker_fill_id, kind) for a fill's cash and
+#   UNIQUE (account, entry_key) for any other entry that must not repeat (an initial deposit, a
+#   cycle's tool cost); NULLs are distinct in both, so entries without a key never collide.
+
+_ORDER_STATUSES = (
+    "intent", "submitted", "accepted", "partially_filled", "filled", "rejected", "cancelled",
+    "expired",
+)  # fmt: skip
+_CASH_KINDS = ("deposit", "buy", "sell", "fee", "tool_cost", "llm_cost", "adjustment")
+_CYCLE_STATUSES = (
+    "started", "data_ready", "decided", "orders_submitted", "fills_recorded", "reconciled",
+    "done", "failed", "missed",
+)  # fmt: skip
+
+
+def _documented_table(
+    name: str, ddl: str, description: str, columns: dict[str, str]
+) -> tuple[str, ...]:
+    """CREATE TABLE plus COMMENT ON TABLE and one COMMENT ON COLUMN per column."""
+    return (
+        f"CREATE TABLE {name} ({ddl})",
+        f"COMMENT ON TABLE {name} IS {_quote(description)}",
+        *(f"COMMENT ON COLUMN {name}.{col} IS {_quote(text)}" for col, text in columns.items()),
+    )
+
+
+_V6 = (
+    *_documented_table(
+        "orders",
+        """
+        client_order_id   VARCHAR   PRIMARY KEY,
+        account           VARCHAR   NOT NULL,
+        run_id            VARCHAR,
+        broker            VARCHAR   NOT NULL,
+        ticker            VARCHAR   NOT NULL,
+        side              VARCHAR   NOT NULL CHECK (side IN ('buy', 'sell')),
+        quantity          DOUBLE    NOT NULL CHECK (isfinite(quantity) AND quantity > 0),
+        target_weight     DOUBLE,
+        reference_price   DOUBLE,
+        decision_session  DATE      NOT NULL,
+        status            VARCHAR   NOT NULL,
+        broker_order_id   VARCHAR,
+        filled_quantity   DOUBLE    NOT NULL DEFAULT 0,
+        reason            VARCHAR,
+        created_at        TIMESTAMP NOT NULL,
+        updated_at        TIMESTAMP NOT NULL
+        """,
+        "One row per order a broker was asked to execute, from the intent written before it is "
+        "sent to its final status; a restart finds it by its client order id and never sends "
+        "it twice",
+        {
+            "client_order_id": "deterministic id from account, decision session, ticker and "
+                               "sequence: the same decision always gives the same id",
+            "account": "paper account name, or the run id for a backtest's simulated orders",
+            "run_id": "the run or paper cycle that decided the order; NULL if unknown",
+            "broker": "broker port that executes it: sim, alpaca, backtest",
+            "ticker": "ticker to trade",
+            "side": "buy | sell",
+            "quantity": "shares ordered (positive; the side gives the direction)",
+            "target_weight": "weight of equity the order moves the position to",
+            "reference_price": "close the order was sized at (adjusted USD)",
+            "decision_session": "session whose close decided the order",
+            "status": "intent -> submitted -> accepted -> partially_filled -> filled | "
+                      "rejected | cancelled | expired",
+            "broker_order_id": "the broker's own id, once it accepted the order",
+            "filled_quantity": "shares filled so far (the sum of its broker_fills)",
+            "reason": "why it was rejected, cancelled or expired, as the broker said",
+            "created_at": "when the intent was written (UTC)",
+            "updated_at": "when the status last changed (UTC)",
+        },
+    ),
+    *_documented_table(
+        "broker_fills",
+        """
+        account           VARCHAR   NOT NULL,
+        broker_fill_id    VARCHAR   NOT NULL,
+        client_order_id   VARCHAR   NOT NULL,
+        run_id            VARCHAR,
+        ticker            VARCHAR   NOT NULL,
+        side              VARCHAR   NOT NULL CHECK (side IN ('buy', 'sell')),
+        quantity          DOUBLE    NOT NULL CHECK (isfinite(quantity) AND quantity > 0),
+        fill_price        DOUBLE    NOT NULL CHECK (isfinite(fill_price) AND fill_price > 0),
+        notional          DOUBLE    NOT NULL,
+        fees              DOUBLE    NOT NULL,
+        slippage_cost     DOUBLE,
+        decision_session  DATE,
+        fill_session      DATE      NOT NULL,
+        recorded_at       TIMESTAMP NOT NULL,
+        PRIMARY KEY (account, broker_fill_id)
+        """,
+        "Executions a broker reported for an account's orders, each stored once (keyed by the "
+        "broker's fill id); a backtest's own fills are in `fills`",
+        {
+            "account": "the account (orders.account): a paper account or a backtest run id",
+            "broker_fill_id": "the broker's id of the execution (the simulated broker derives "
+                              "one from the order); a fill reported twice is stored once",
+            "client_order_id": "the order filled (orders.client_order_id)",
+            "run_id": "the run or paper cycle that recorded the fill; NULL if unknown",
+            "ticker": "ticker traded",
+            "side": "buy | sell",
+            "quantity": "shares traded (positive)",
+            "fill_price": "price paid or received, slippage included (USD)",
+            "notional": "quantity x fill_price (USD)",
+            "fees": "commission charged (USD)",
+            "slippage_cost": "USD lost to slippage against the reference price; NULL where "
+                             "the broker does not say",
+            "decision_session": "session whose close decided the order",
+            "fill_session": "session the order filled",
+            "recorded_at": "when quantorch stored the fill (UTC)",
+        },
+    ),
+    *_documented_table(
+        "positions",
+        """
+        account       VARCHAR   NOT NULL,
+        session       DATE      NOT NULL,
+        ticker        VARCHAR   NOT NULL,
+        quantity      DOUBLE    NOT NULL,
+        market_price  DOUBLE,
+        market_value  DOUBLE,
+        recorded_at   TIMESTAMP NOT NULL,
+        PRIMARY KEY (account, session, ticker)
+        """,
+        "Shares an account held at a session's close, one snapshot per (account, session): a "
+        "ticker missing from a stored snapshot was not held",
+        {
+            "account": "the account (orders.account): a paper account or a backtest run id",
+            "session": "session whose close the snapshot is at",
+            "ticker": "ticker held",
+            "quantity": "shares held (negative for a short)",
+            "market_price": "close the position was marked at (USD)",
+            "market_value": "quantity x market_price (USD)",
+            "recorded_at": "when the snapshot was stored (UTC)",
+        },
+    ),
+    *_documented_table(
+        "cash_ledger",
+        """
+        account          VARCHAR   NOT NULL,
+        entry_id         INTEGER   NOT NULL,
+        session          DATE      NOT NULL,
+        kind             VARCHAR   NOT NULL,
+        amount           DOUBLE    NOT NULL CHECK (isfinite(amount)),
+        client_order_id  VARCHAR,
+        broker_fill_id   VARCHAR,
+        entry_key        VARCHAR,
+        note             VARCHAR,
+        created_at       TIMESTAMP NOT NULL,
+        PRIMARY KEY (account, entry_id),
+        UNIQUE (account, broker_fill_id, kind),
+        UNIQUE (account, entry_key)
+        """,
+        "Every cash movement of an account, signed (USD): the balance is their sum "
+        "(v_account_cash); a fill's entries are stored once however often it is reported",
+        {
+            "account": "the account (orders.account): a paper account or a backtest run id",
+            "entry_id": "1, 2, ... in the order the entries were written, per account",
+            "session": "session the movement belongs to",
+            "kind": "deposit | buy | sell | fee | tool_cost | llm_cost | adjustment",
+            "amount": "signed USD: positive adds cash (deposit, sell), negative spends it (buy, "
+                      "fee, tool_cost, llm_cost)",
+            "client_order_id": "the order behind a buy, sell or fee entry",
+            "broker_fill_id": "the fill behind a buy, sell or fee entry; one entry per (fill, "
+                              "kind)",
+            "entry_key": "idempotency key of an entry that is not a fill's, e.g. "
+                         "'deposit:initial' or 'tool_cost:<profile>:<session>'; NULL for none",
+            "note": "free text, e.g. what an adjustment corrects",
+            "created_at": "when the entry was written (UTC)",
+        },
+    ),
+    *_documented_table(
+        "cycles",
+        """
+        account      VARCHAR   NOT NULL,
+        profile      VARCHAR   NOT NULL,
+        session      DATE      NOT NULL,
+        status       VARCHAR   NOT NULL,
+        run_id       VARCHAR,
+        broker       VARCHAR,
+        started_at   TIMESTAMP NOT NULL,
+        updated_at   TIMESTAMP NOT NULL,
+        finished_at  TIMESTAMP,
+        message      VARCHAR,
+        PRIMARY KEY (account, profile, session)
+        """,
+        "One paper-trading cycle per (account, profile, session) and how far it got: a "
+        "restart resumes from its status instead of starting over",
+        {
+            "account": "paper account (orders.account)",
+            "profile": "trader profile the cycle decided for",
+            "session": "session whose close the cycle decides at",
+            "status": "started | data_ready | decided | orders_submitted | fills_recorded | "
+                      "reconciled | done | failed | missed",
+            "run_id": "id of the cycle's decisions and tool calls (decisions.run_id)",
+            "broker": "broker port used: sim, alpaca",
+            "started_at": "when the cycle first started (UTC)",
+            "updated_at": "when its status last changed (UTC)",
+            "finished_at": "when it reached done, failed or missed (UTC); NULL while running",
+            "message": "what happened at the last status, e.g. why it failed",
+        },
+    ),
+    "COMMENT ON TABLE fills IS 'Executed orders of a backtest run: decided at a close, filled "
+    "at the next session; a broker''s fills for an account are in broker_fills'",
+    *_documented_view(
+        "v_account_cash",
+        """
+        SELECT account,
+               sum(amount) AS cash,
+               coalesce(sum(amount) FILTER (WHERE kind = 'deposit'), 0) AS deposits,
+               coalesce(sum(amount) FILTER (WHERE kind IN ('buy', 'sell')), 0) AS net_traded,
+               coalesce(sum(amount) FILTER (WHERE kind = 'fee'), 0) AS fees,
+               coalesce(sum(amount) FILTER (WHERE kind IN ('tool_cost', 'llm_cost')), 0)
+                   AS tool_costs,
+               coalesce(sum(amount) FILTER (WHERE kind = 'adjustment'), 0) AS adjustments,
+               count(*) AS entries,
+               max(session) AS last_session
+        FROM cash_ledger
+        GROUP BY account
+        """,
+        "Cash balance of each account: the sum of its cash_ledger entries, split by kind (USD, "
+        "signed as in the ledger)",
+        {
+            "account": "the account (cash_ledger.account)",
+            "cash": "balance: the sum of every entry (USD)",
+            "deposits": "sum of deposits (USD)",
+            "net_traded": "sum of buy and sell entries: negative when more was bought than "
+                          "sold (USD)",
+            "fees": "sum of fee entries (negative, USD)",
+            "tool_costs": "sum of tool_cost and llm_cost entries (negative, USD)",
+            "adjustments": "sum of adjustment entries (USD)",
+            "entries": "number of ledger entries",
+            "last_session": "latest session with an entry",
+        },
+    ),
+)
+
+
+# ---- migration 7: the decision kernel's provenance and one forward return -----------------------
+# Decisions and tool calls say which executor answered them (panels or real calls), and
+# v_decisions measures the forward return exactly as the decision dataset, the reward and the
+# report do: from the fill (the adjusted open of the fill session where the source has opens,
+# else its adjusted close) to the adjusted close `horizon` sessions after the fill session.
+
+_V_DECISIONS_7 = """
+WITH sessions AS (
+    SELECT source, ticker, date, adj_close,
+           coalesce(open * adj_close / nullif(close, 0), adj_close) AS fill_price,
+           row_number() OVER (PARTITION BY source, ticker ORDER BY date) AS session
+    FROM prices
+),
+decided AS (
+    SELECT d.*, r.source,
+           list_sort(list_distinct([split_part(t, ':', 1) for t in d.tools_called])) AS tools
+    FROM decisions AS d
+    LEFT JOIN runs AS r USING (run_id)
+)
+SELECT
+    d.run_id, d.decision_id, d.orchestrator, d.profile, d.ticker, d.decision_date, d.fill_date,
+    d.horizon, d.tools_called, d.tools,
+    CASE WHEN len(d.tools) = 0 THEN 'none' ELSE array_to_string(d.tools, '+') END AS tool_set,
+    d.n_calls, d.tool_cost_usd, d.proposed_position, d.target_weight, d.guard_note,
+    d.rationale, d.reward, d.executor, d.source,
+    entry.fill_price AS entry_price,
+    exit.date AS exit_date,
+    exit.adj_close AS exit_price,
+    exit.adj_close / entry.fill_price - 1 AS forward_return,
+    d.target_weight * (exit.adj_close / entry.fill_price - 1) AS contribution,
+    d.target_weight * (exit.adj_close / entry.fill_price - 1) * e.equity AS pnl_usd
+FROM decided AS d
+LEFT JOIN equity AS e ON e.run_id = d.run_id AND e.date = d.decision_date
+LEFT JOIN sessions AS entry
+       ON entry.source = d.source AND entry.ticker = d.ticker AND entry.date = d.fill_date
+LEFT JOIN sessions AS exit
+       ON exit.source = entry.source AND exit.ticker = entry.ticker
+      AND exit.session = entry.session + d.horizon
+"""
+
+_V7 = (
+    "ALTER TABLE decisions ADD COLUMN executor VARCHAR",
+    "ALTER TABLE tool_calls ADD COLUMN executor VARCHAR",
+    "COMMENT ON COLUMN decisions.executor IS 'what answered the decision''s tool calls: panel "
+    "(whole-period panels) or live (real calls through the tool runner); NULL before schema "
+    "version 7'",
+    "COMMENT ON COLUMN tool_calls.executor IS 'panel (a value of a whole-period panel), live (a "
+    "real call by a run through the tool runner) or NULL (quantorch tools run, or stored before "
+    "schema version 7)'",
+    *_documented_view(
+        "v_decisions",
+        _V_DECISIONS_7,
+        "Decisions with their realised forward return, defined as the decision dataset and the "
+        "reward define it: from the fill price (adjusted open of fill_date, else its adjusted "
+        "close) to adj_close `horizon` sessions after fill_date, from the run's price source",
+        {
+            "tools": "distinct tool names called (providers dropped), sorted",
+            "tool_set": "tools joined with '+', e.g. 'risk+technical'; 'none' if no tool",
+            "source": "price source of the run (runs.source); NULL when the run is not stored",
+            "entry_price": "the fill's reference price: adjusted open of fill_date where the "
+                           "source has opens, else its adj_close",
+            "exit_date": "session `horizon` sessions after fill_date in the ticker's prices",
+            "exit_price": "adj_close on exit_date",
+            "forward_return": "exit_price / entry_price - 1; NULL until the horizon has passed",
+            "contribution": "target_weight * forward_return: the decision's realised "
+                            "contribution to return, a fraction of equity",
+            "pnl_usd": "contribution x the run's equity at the decision's close (USD); NULL "
+                       "when the run stored no equity that day",
+        },
+        replace=True,
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
     Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
     Migration(3, "decisions", _V3),
     Migration(4, "research views; descriptions of every column", _V4),
     Migration(5, "equal-weight comparison and benchmark label on every run", _V5),
+    Migration(6, "orders, broker fills, positions, cash ledger, paper cycles", _V6),
+    Migration(7, "executor of decisions and tool calls; one forward-return definition", _V7),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

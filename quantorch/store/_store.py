@@ -145,7 +145,8 @@ class Store:
                     for statement in migration.statements:
                         con.execute(statement)
                     con.execute(
-                        "INSERT INTO schema_version VALUES (?, ?, ?)",
+                        "INSERT INTO schema_version (version, description, applied_at) "
+                        "VALUES (?, ?, ?)",
                         [migration.version, migration.description, _utcnow()],
                     )
                 except BaseException:

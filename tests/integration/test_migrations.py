@@ -13,10 +13,17 @@ import quantorch.store._store as store_module
 from quantorch import query
 from quantorch.backtest.runner import run_backtest
 from quantorch.config import load_config
-from quantorch.store import Store
+from quantorch.store import Store, repository
 from quantorch.store._schema import LATEST_VERSION, MIGRATIONS, Migration
 
-TABLES = ("prices", "price_coverage", "runs", "equity", "fills", "tool_calls", "decisions")
+#: The tables each migration created (a test of every older version checks they arrive empty).
+CREATED_BY = {
+    1: ("prices", "price_coverage", "runs", "equity", "fills"),
+    2: ("fundamentals", "news", "tool_calls", "tool_cache"),
+    3: ("decisions",),
+    6: ("orders", "broker_fills", "positions", "cash_ledger", "cycles"),
+}
+TABLES = tuple(t for tables in CREATED_BY.values() for t in tables)
 
 
 def _older_quantorch(monkeypatch, version: int) -> None:
@@ -66,7 +73,35 @@ def current_database(tmp_path_factory) -> tuple[Path, str]:
         )
     finally:
         con.close()
+    _paper_account_rows(Store(path))
     return path, outcome.run_id
+
+
+def _paper_account_rows(store: Store) -> None:
+    """One paper cycle's rows (schema 6), so an upgrade from 6 shows them intact too."""
+    decided, filled = dt.date(2022, 3, 1), dt.date(2022, 3, 2)
+    order_id = "paper-20220301-AAPL-0"
+    with store.transaction() as con:
+        repository.upsert_cycle(con, "paper", "neutral", decided, "started", run_id="pc-1",
+                                broker="sim")
+        repository.insert_cash_entries(con, "paper", [{
+            "session": decided, "kind": "deposit", "amount": 100_000.0,
+            "entry_key": "deposit:initial",
+        }])
+        repository.insert_order_intents(con, "paper", [{
+            "client_order_id": order_id, "ticker": "AAPL", "side": "buy", "quantity": 50.0,
+            "decision_session": decided, "target_weight": 0.08, "reference_price": 163.2,
+        }], broker="sim", run_id="pc-1")
+        repository.insert_broker_fills(con, "paper", [{
+            "fill_id": f"{order_id}-1", "client_order_id": order_id, "ticker": "AAPL",
+            "side": "buy", "quantity": 50.0, "fill_price": 164.4, "fees": 0.82,
+            "decision_session": decided, "fill_session": filled,
+        }], run_id="pc-1")
+        repository.update_order(con, order_id, status="filled")
+        repository.upsert_positions(con, "paper", filled, [
+            {"ticker": "AAPL", "quantity": 50.0, "market_price": 166.6}
+        ])
+        repository.upsert_cycle(con, "paper", "neutral", decided, "done")
 
 
 def _fill_old_database(path: Path, current: Path) -> None:
@@ -103,7 +138,9 @@ def test_older_database_upgrades_with_data_intact(tmp_path, monkeypatch, version
         _fill_old_database(path, current)
         assert Store(path).schema_version() == version
     before = _counts(path)
-    assert before["runs"] == 1 and before["equity"] > 0 and before["fills"] == 2
+    stored = _counts(current)
+    assert before["runs"] == 1 and before["equity"] > 0 and before["fills"] > 0
+    assert {t: stored[t] for t in before} == before  # every row the old schema can hold
 
     # A read-only query upgrades the file first (one short write), then reads the views.
     result = query.run_query(Store(path), "SELECT run_id, sharpe, metrics FROM v_runs")
@@ -116,6 +153,12 @@ def test_older_database_upgrades_with_data_intact(tmp_path, monkeypatch, version
 
     after = _counts(path)
     assert {t: after[t] for t in before} == before
+    added = [t for v, tables in CREATED_BY.items() if v > version for t in tables]
+    assert set(after) == set(TABLES) and {t: after[t] for t in added} == dict.fromkeys(added, 0)
+    described = {o.name: o for o in query.schema(Store(path))}
+    for table in added:
+        assert described[table].description, f"{table} has no COMMENT ON TABLE"
+        assert all(c.description for c in described[table].columns), table
     versions = query.run_query(Store(path), "SELECT version FROM schema_version ORDER BY 1")
     assert [r[0] for r in versions.rows()] == list(range(1, LATEST_VERSION + 1))
     equity = query.run_query(Store(path), "SELECT count(*), min(drawdown) FROM v_equity").rows()
@@ -163,3 +206,37 @@ def test_migration_4_changes_no_data():
     assert MIGRATIONS[3].version == 4
     assert all(s.startswith(("CREATE VIEW", "COMMENT ON VIEW", "COMMENT ON COLUMN"))
                for s in MIGRATIONS[3].statements)
+
+
+def test_a_failed_migration_6_leaves_schema_5_whole(tmp_path, monkeypatch, current_database):
+    """DuckDB rolls back CREATE TABLE too: a migration that fails half-way adds nothing."""
+    path = tmp_path / "old.duckdb"
+    current, _ = current_database
+    with monkeypatch.context() as patched:
+        _older_quantorch(patched, 5)
+        Store(path).migrate()
+        _fill_old_database(path, current)
+    before = _counts(path)
+    six = MIGRATIONS[5]
+    assert six.version == 6
+    broken = Migration(6, six.description, (*six.statements[:-3], "CREATE VIEW oops AS SELECT x"))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS[:5], broken))
+    with pytest.raises(duckdb.Error):
+        Store(path).migrate()
+    assert _counts(path) == before and Store(path).schema_version() == 5
+    assert not set(_counts(path)) & set(CREATED_BY[6])
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)  # the real one, run again
+    assert Store(path).migrate() == LATEST_VERSION
+    after = _counts(path)
+    assert {t: after[t] for t in before} == before
+    assert {t: after[t] for t in CREATED_BY[6]} == dict.fromkeys(CREATED_BY[6], 0)
+    with Store(path).connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM v_account_cash").fetchall() == [(0,)]
+
+
+def test_migration_6_only_adds():
+    """New tables, a view and descriptions: no existing table is altered or written."""
+    assert MIGRATIONS[5].version == 6
+    assert all(s.lstrip().startswith(("CREATE TABLE", "CREATE VIEW", "COMMENT ON"))
+               for s in MIGRATIONS[5].statements)

@@ -29,7 +29,9 @@ CLI = ("import typer; from quantorch.cli.query_cmd import register; "
        "app = typer.Typer(pretty_exceptions_enable=False); register(app); app()")
 
 _INSERT = (
-    "INSERT INTO tool_calls VALUES (?, 'writer', 'technical', 'talib', 'AAPL', now(), '{}', "
+    "INSERT INTO tool_calls (call_id, run_id, tool, provider, ticker, as_of, arguments, outputs, "
+    "summary, coverage, cost_usd, latency_ms, cache_hit, error, input_tokens, output_tokens, "
+    "created_at) VALUES (?, 'writer', 'technical', 'talib', 'AAPL', now(), '{}', "
     "'{\"score\": 0.1}', NULL, true, 0.0, 1.0, false, NULL, NULL, NULL, now())"
 )
 

@@ -63,8 +63,10 @@ def _insert_run(con, run_id: str, *, config: dict | None = None, metrics: dict |
 def _insert_decision(con, run_id, decision_id, ticker, decision_date, fill_date, *, horizon=5,
                      tools=(), weight=0.05, profile="neutral", cost=0.0):
     con.execute(
-        "INSERT INTO decisions VALUES (?, ?, 'policy', ?, ?, ?, ?, ?, ?, ?, ?, 0.5, ?, NULL, "
-        "NULL, NULL)",
+        "INSERT INTO decisions (run_id, decision_id, orchestrator, profile, ticker, decision_date, "
+        "fill_date, horizon, tools_called, n_calls, tool_cost_usd, proposed_position, "
+        "target_weight, guard_note, rationale, reward) VALUES (?, ?, 'policy', ?, ?, ?, ?, ?, ?, "
+        "?, ?, 0.5, ?, NULL, NULL, NULL)",
         [run_id, decision_id, profile, ticker, decision_date, fill_date, horizon, list(tools),
          len(tools), cost, weight],
     )
@@ -73,8 +75,10 @@ def _insert_decision(con, run_id, decision_id, ticker, decision_date, fill_date,
 def _insert_call(con, call_id, run_id, tool, ticker, as_of, *, cost=0.001, latency=10.0,
                  cache_hit=False, error=None, provider="p"):
     con.execute(
-        "INSERT INTO tool_calls VALUES (?, ?, ?, ?, ?, ?, '{}', '{\"score\": 1}', NULL, true, ?, "
-        "?, ?, ?, NULL, NULL, now())",
+        "INSERT INTO tool_calls (call_id, run_id, tool, provider, ticker, as_of, arguments, "
+        "outputs, summary, coverage, cost_usd, latency_ms, cache_hit, error, input_tokens, "
+        "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, '{}', '{\"score\": 1}', NULL, true, "
+        "?, ?, ?, ?, NULL, NULL, now())",
         [call_id, run_id, tool, provider, ticker, as_of, cost, latency, cache_hit, error],
     )
 

@@ -20,7 +20,8 @@ def test_new_file_gets_latest_schema(tmp_path):
         comment = con.execute(
             "SELECT comment FROM duckdb_tables() WHERE table_name = 'prices'"
         ).fetchone()[0]
-    assert {"prices", "price_coverage", "runs", "equity", "fills", "schema_version"} <= tables
+    assert {"prices", "price_coverage", "runs", "equity", "fills", "schema_version", "orders",
+            "broker_fills", "positions", "cash_ledger", "cycles"} <= tables
     assert comment and "Daily bars" in comment
     assert store.schema_version() == LATEST_VERSION
 
@@ -38,8 +39,8 @@ def test_transaction_rolls_back_on_error(tmp_path):
     with pytest.raises(RuntimeError):
         with store.transaction() as con:
             con.execute(
-                "INSERT INTO price_coverage VALUES ('AAPL', 'sample', DATE '2020-01-01', "
-                "DATE '2020-02-01', now())"
+                "INSERT INTO price_coverage (ticker, source, first_date, last_date, fetched_at) "
+                "VALUES ('AAPL', 'sample', DATE '2020-01-01', DATE '2020-02-01', now())"
             )
             raise RuntimeError("crash mid-write")
     with store.connect(read_only=True) as con:
@@ -50,7 +51,10 @@ def test_file_from_a_newer_quantorch_is_refused(tmp_path):
     store = Store(tmp_path / "q.duckdb")
     store.migrate()
     con = duckdb.connect(str(store.path))
-    con.execute("INSERT INTO schema_version VALUES (999, 'future', now())")
+    con.execute(
+        "INSERT INTO schema_version (version, description, applied_at) "
+        "VALUES (999, 'future', now())"
+    )
     con.close()
     with pytest.raises(Exception, match="newer than this quantorch"):
         Store(store.path).migrate()
@@ -102,8 +106,8 @@ def test_writer_waits_for_a_short_lock(tmp_path):
         holder.stdout.readline()
         with Store(path, lock_timeout=20).transaction() as con:
             con.execute(
-                "INSERT INTO price_coverage VALUES ('AAPL', 'sample', DATE '2020-01-01', "
-                "DATE '2020-02-01', now())"
+                "INSERT INTO price_coverage (ticker, source, first_date, last_date, fetched_at) "
+                "VALUES ('AAPL', 'sample', DATE '2020-01-01', DATE '2020-02-01', now())"
             )
     finally:
         holder.wait()
