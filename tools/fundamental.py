@@ -14,11 +14,13 @@ ETF returns would mostly measure market beta five times over: the ETFs' daily re
 0.91-0.99 correlation with the S&P 500's over 2014-2022). The ETFs start in 2014: before
 enough overlapping history (126 sessions) the output has no coverage.
 
-``file`` (offline): ratios from the point-in-time statement items stored in the
+``file`` (offline): ratios from the point-in-time statement items imported into the
 ``fundamentals`` table (``quantorch data import-fundamentals``), each usable only from its
-``filed_at`` date. ``sec`` (online): the same ratios from the SEC's XBRL company facts
-(``data.sec.gov/api/xbrl/companyfacts``), each fact usable only from its ``filed`` date.
-Both use standalone quarters of ``net_income_q``, ``operating_cf_q``, ``capex_q``,
+``filed_at`` date: every stored row except those of source ``sec``. ``sec`` (offline): the same
+ratios from the SEC's XBRL company facts stored by ``quantorch data fetch-fundamentals`` (rows
+of source ``sec``, see :mod:`quantorch.data.providers.sec`), each fact usable only from its
+``filed`` date. No provider does network I/O: a call reads only the data it is given. Both
+use standalone quarters of ``net_income_q``, ``operating_cf_q``, ``capex_q``,
 ``free_cash_flow_q`` and the balance-sheet items ``total_assets`` and ``equity``:
 
 - TTM net income: the four quarters ending at the latest quarter reported (all four needed);
@@ -45,22 +47,20 @@ Both use standalone quarters of ``net_income_q``, ``operating_cf_q``, ``capex_q`
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-import os
-import threading
-import time
-from collections.abc import Iterable
-from itertools import pairwise
-from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from quantorch.errors import ConfigError, DataSourceUnavailableError, UnknownTickerError
-from quantorch.redact import redact, redact_url
+from quantorch.data.providers.sec import SEC_SOURCE
 from quantorch.toolkit.base import PanelTool
-from quantorch.toolkit.spec import MarketData, OutputField, ProviderSpec, ToolSpec
+from quantorch.toolkit.spec import (
+    MarketData,
+    OutputField,
+    ProviderSpec,
+    ToolResult,
+    ToolSpec,
+)
 
 WINDOW = 252
 MIN_OBS = 126
@@ -149,7 +149,7 @@ SPEC = ToolSpec(
         "value, quality, momentum, size and low-volatility tilts estimated from the style-factor "
         "ETFs' returns over the past year (not accounting data). 'file' and 'sec' compute "
         "quality, growth, leverage and P/E re-rating from quarterly filings known at the decision "
-        "(imported filings, or the SEC's XBRL company facts online)."
+        "(imported filings, or the SEC's XBRL company facts fetched into the database)."
     ),
     parameters={"type": "object", "properties": {}, "additionalProperties": False},
     outputs=(*_FACTOR_OUTPUTS, *_STATEMENT_OUTPUTS),
@@ -168,12 +168,16 @@ SPEC = ToolSpec(
             expected_latency_ms=10,
             outputs=_STATEMENT_NAMES,
         ),
+        # A local read since the SEC client moved to `quantorch data fetch-fundamentals`: the
+        # latency is file's; the price stays what it was (the slot price a policy or a cost
+        # comparison may have recorded), the premium over `file` standing for the source
+        # (the SEC's own complete XBRL facts) rather than for network time.
         ProviderSpec(
             name="sec",
-            description="ratios from SEC XBRL company facts (online, ~1.5 s)",
+            description="ratios from SEC XBRL company facts stored by quantorch data "
+            "fetch-fundamentals (offline)",
             usd_per_call=0.01,
-            expected_latency_ms=1500,
-            online=True,
+            expected_latency_ms=10,
             outputs=_STATEMENT_NAMES,
         ),
     ),
@@ -427,254 +431,16 @@ def statement_features(rows: pd.DataFrame | None, close: pd.DataFrame) -> dict[s
     return {name: pd.DataFrame(v, index=close.index, columns=tickers) for name, v in out.items()}
 
 
-# ---- the SEC XBRL company-facts adapter ------------------------------------------------------
-
-SEC_USER_AGENT_ENV = "QUANTORCH_SEC_USER_AGENT"
-SEC_BASE_URL_ENV = "QUANTORCH_SEC_BASE_URL"
-SEC_TICKERS_URL_ENV = "QUANTORCH_SEC_TICKERS_URL"
-SEC_TIMEOUT_ENV = "QUANTORCH_SEC_TIMEOUT"
-_SEC_BASE_URL = "https://data.sec.gov"
-_SEC_TICKERS_URL = "https://www.sec.gov/files/company_tickers.json"
-
-#: CIKs of the sample universe, so the common case needs no ticker look-up.
-SAMPLE_CIKS = {
-    "AAPL": 320193, "AMD": 2488, "BAC": 70858, "BBY": 764478, "CVX": 93410, "GE": 40545,
-    "HD": 354950, "JNJ": 200406, "JPM": 19617, "KO": 21344, "LLY": 59478, "MRK": 310158,
-    "MSFT": 789019, "PEP": 77476, "PFE": 78003, "PG": 80424, "RRC": 315852, "UNH": 731766,
-    "WMT": 104169, "XOM": 34088,
-}  # fmt: skip
-
-#: us-gaap concepts per item, most specific first.
-SEC_CONCEPTS = {
-    "net_income": (
-        "NetIncomeLoss",
-        "ProfitLoss",
-        "NetIncomeLossAvailableToCommonStockholdersBasic",
-    ),
-    "operating_cf": (
-        "NetCashProvidedByUsedInOperatingActivities",
-        "NetCashProvidedByUsedInOperatingActivitiesContinuingOperations",
-    ),
-    "capex": ("PaymentsToAcquirePropertyPlantAndEquipment", "PaymentsToAcquireProductiveAssets"),
-    "total_assets": ("Assets",),
-    "equity": (
-        "StockholdersEquity",
-        "StockholdersEquityIncludingPortionAttributableToNoncontrollingInterest",
-    ),
-}
-_SEC_FORMS = {"10-Q", "10-K", "10-Q/A", "10-K/A", "10-KT", "10-QT"}
-
-
-def _sec_facts(payload: dict, concepts: Iterable[str]) -> list[dict]:
-    facts = []
-    gaap = (payload.get("facts") or {}).get("us-gaap") or {}
-    for rank, concept in enumerate(concepts):
-        units = (gaap.get(concept) or {}).get("units") or {}
-        for fact in units.get("USD", []):
-            if fact.get("form") not in _SEC_FORMS or "end" not in fact or "filed" not in fact:
-                continue
-            try:
-                value = float(fact["val"])
-                end = dt.date.fromisoformat(fact["end"]).toordinal()
-                filed = dt.date.fromisoformat(fact["filed"]).toordinal()
-                start = (
-                    dt.date.fromisoformat(fact["start"]).toordinal() if fact.get("start") else None
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                facts.append(
-                    {"start": start, "end": end, "filed": filed, "value": value, "rank": rank}
-                )
-    return facts
-
-
-def _first_filed(facts: list[dict], key) -> dict:
-    """Per key, the fact filed first (then the preferred concept)."""
-    best: dict = {}
-    for fact in facts:
-        k = key(fact)
-        current = best.get(k)
-        if current is None or (fact["filed"], fact["rank"]) < (current["filed"], current["rank"]):
-            best[k] = fact
-    return best
-
-
-def _standalone_quarters(facts: list[dict]) -> dict[int, tuple[float, int]]:
-    """Quarter end -> (value, filed) from 3-month facts and differences of year-to-date facts."""
-    durations = _first_filed(
-        [f for f in facts if f["start"] is not None], key=lambda f: (f["start"], f["end"])
-    )
-    candidates: dict[int, list[tuple[int, int, float]]] = {}
-    by_start: dict[int, list[dict]] = {}
-    lo, hi = _QUARTER_DAYS
-    for fact in durations.values():
-        length = fact["end"] - fact["start"] + 1
-        if lo <= length <= hi:
-            candidates.setdefault(fact["end"], []).append((fact["filed"], 0, fact["value"]))
-        by_start.setdefault(fact["start"], []).append(fact)
-    for group in by_start.values():
-        group.sort(key=lambda f: f["end"])
-        for earlier, later in pairwise(group):
-            if lo <= later["end"] - earlier["end"] <= hi:
-                filed = max(earlier["filed"], later["filed"])
-                candidates.setdefault(later["end"], []).append(
-                    (filed, 1, later["value"] - earlier["value"])
-                )
-    return {end: (min(c)[2], min(c)[0]) for end, c in candidates.items()}
-
-
-def parse_company_facts(payload: dict, ticker: str, source: str = "sec") -> pd.DataFrame:
-    """Long point-in-time rows (ticker, period_end, filed_at, metric, value, source) from an
-    SEC companyfacts JSON document.
-
-    Flows become standalone quarters (a Q4 or a cash-flow quarter is a difference of
-    year-to-date figures, available from the later of the two filings); each period keeps the
-    value filed first.
-    """
-    rows: list[tuple] = []
-
-    def add(metric: str, period: int, filed: int, value: float) -> None:
-        rows.append(
-            (ticker, dt.date.fromordinal(period), dt.date.fromordinal(filed), metric, value, source)
-        )
-
-    flows = {}
-    for item in ("net_income", "operating_cf", "capex"):
-        flows[item] = _standalone_quarters(_sec_facts(payload, SEC_CONCEPTS[item]))
-        for end, (value, filed) in flows[item].items():
-            add(f"{item}_q", end, filed, value)
-    for end, (ocf, ocf_filed) in flows["operating_cf"].items():
-        if end in flows["capex"]:
-            capex, capex_filed = flows["capex"][end]
-            add("free_cash_flow_q", end, max(ocf_filed, capex_filed), ocf - capex)
-    for item in ("total_assets", "equity"):
-        instants = _first_filed(_sec_facts(payload, SEC_CONCEPTS[item]), key=lambda f: f["end"])
-        for end, fact in instants.items():
-            add(item, end, fact["filed"], fact["value"])
-    frame = pd.DataFrame(
-        rows, columns=["ticker", "period_end", "filed_at", "metric", "value", "source"]
-    )
-    for column in ("period_end", "filed_at"):
-        frame[column] = pd.to_datetime(frame[column]).astype("datetime64[ns]")
-    return frame.sort_values(["metric", "period_end"], ignore_index=True)
-
-
-class SecClient:
-    """Fetches SEC XBRL company facts over httpx (ports and adapters: pass a ``transport``).
-
-    Settings come from the environment: ``QUANTORCH_SEC_USER_AGENT`` (required by the SEC: your
-    name and e-mail), ``QUANTORCH_SEC_BASE_URL`` (default https://data.sec.gov),
-    ``QUANTORCH_SEC_TICKERS_URL`` and ``QUANTORCH_SEC_TIMEOUT`` (seconds, default 20).
-    Documents are cached in-process for ``ttl_s`` and requests are spaced to stay under the
-    SEC's 10 requests per second.
-    """
-
-    _cache: ClassVar[dict[str, tuple[float, object]]] = {}
-    _lock = threading.Lock()
-    _last_request = 0.0
-
-    def __init__(
-        self,
-        user_agent: str | None = None,
-        base_url: str | None = None,
-        tickers_url: str | None = None,
-        timeout_s: float | None = None,
-        transport=None,
-        ttl_s: float = 6 * 3600,
-    ) -> None:
-        self.user_agent = user_agent or os.environ.get(SEC_USER_AGENT_ENV, "").strip()
-        self.base_url = (base_url or os.environ.get(SEC_BASE_URL_ENV) or _SEC_BASE_URL).rstrip("/")
-        self.tickers_url = tickers_url or os.environ.get(SEC_TICKERS_URL_ENV) or _SEC_TICKERS_URL
-        self.timeout_s = timeout_s or float(os.environ.get(SEC_TIMEOUT_ENV, "20"))
-        self.transport = transport
-        self.ttl_s = ttl_s
-
-    def _get_json(self, url: str, what: str) -> object:
-        import httpx
-
-        if not self.user_agent:
-            raise ConfigError(
-                f"the SEC requires a User-Agent with your name and e-mail: set {SEC_USER_AGENT_ENV}="
-                "'Jane Doe jane@example.com' (or use --provider file or factor offline)"
-            )
-        with self._lock:
-            hit = self._cache.get(url)
-            if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
-                return hit[1]
-            wait = SecClient._last_request + 0.11 - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            SecClient._last_request = time.monotonic()
-        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "gzip, deflate"}
-        # messages show the URLs without credentials (a mirror's user:password@, a key param)
-        shown = redact(redact_url(url))
-        try:
-            with httpx.Client(
-                timeout=self.timeout_s, transport=self.transport, headers=headers
-            ) as client:
-                response = client.get(url)
-        except httpx.TimeoutException as exc:
-            raise DataSourceUnavailableError(
-                f"SEC unreachable: no answer from {shown} within {self.timeout_s:g}s; retry later, or "
-                "use --provider file (imported filings) or factor offline"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise DataSourceUnavailableError(
-                f"SEC unreachable at {redact(redact_url(self.base_url))} "
-                f"({type(exc).__name__}: {redact(str(exc))}); "
-                "fundamental:sec needs the internet: use --provider file (after quantorch data "
-                "import-fundamentals) or factor offline"
-            ) from exc
-        if response.status_code == 404:
-            raise UnknownTickerError(f"the SEC has no {what} at {shown}")
-        if response.status_code == 403:
-            raise ConfigError(
-                f"the SEC refused the request (HTTP 403) for {shown}: it requires a User-Agent with "
-                f"your name and e-mail in {SEC_USER_AGENT_ENV}"
-            )
-        if response.status_code != 200:
-            raise DataSourceUnavailableError(
-                f"SEC answered HTTP {response.status_code} for {shown}; retry later"
-            )
-        try:
-            payload = response.json()
-        except ValueError as exc:
-            raise DataSourceUnavailableError(
-                f"SEC returned a non-JSON {what} from {shown}"
-            ) from exc
-        with self._lock:
-            self._cache[url] = (time.monotonic(), payload)
-        return payload
-
-    def cik(self, ticker: str) -> int:
-        """The SEC's company id for ``ticker`` (built in for the sample universe)."""
-        ticker = ticker.upper()
-        if ticker in SAMPLE_CIKS:
-            return SAMPLE_CIKS[ticker]
-        table = self._get_json(self.tickers_url, "ticker table")
-        for entry in table.values() if isinstance(table, dict) else []:
-            if str(entry.get("ticker", "")).upper() == ticker:
-                return int(entry["cik_str"])
-        raise UnknownTickerError(f"ticker '{ticker}' is not in the SEC's ticker table")
-
-    def company_facts(self, ticker: str) -> pd.DataFrame:
-        """Point-in-time statement rows for ``ticker`` (see :func:`parse_company_facts`)."""
-        url = f"{self.base_url}/api/xbrl/companyfacts/CIK{self.cik(ticker):010d}.json"
-        payload = self._get_json(url, f"XBRL company facts for {ticker}")
-        if not isinstance(payload, dict) or "facts" not in payload:
-            raise DataSourceUnavailableError(
-                f"SEC company facts for {ticker} have no 'facts' ({redact(redact_url(url))})"
-            )
-        return parse_company_facts(payload, ticker)
-
-    @classmethod
-    def clear_cache(cls) -> None:
-        with cls._lock:
-            cls._cache.clear()
-
-
 # ---- the tool --------------------------------------------------------------------------------
+
+
+def _filings(rows: pd.DataFrame | None, provider: str) -> pd.DataFrame | None:
+    """The stored statement rows a provider reads: ``sec`` those fetched from the SEC (source
+    ``sec``), ``file`` all the others (imported files)."""
+    if rows is None:
+        return None
+    from_sec = (rows["source"] == SEC_SOURCE).to_numpy()
+    return rows[from_sec if provider == "sec" else ~from_sec]
 
 
 class FundamentalTool(PanelTool):
@@ -684,13 +450,28 @@ class FundamentalTool(PanelTool):
         self, data: MarketData, provider: ProviderSpec, tickers: list[str]
     ) -> dict[str, pd.DataFrame]:
         close = data.prices.close.reindex(columns=tickers)
-        if provider.name == "file":
-            return statement_features(data.fundamentals, close)
-        if provider.name == "sec":
-            client = data.extras.get("sec_client") or SecClient()
-            rows = pd.concat([client.company_facts(t) for t in tickers], ignore_index=True)
-            return statement_features(rows, close)
+        if provider.name in ("file", "sec"):
+            return statement_features(_filings(data.fundamentals, provider.name), close)
         return self._factor_series(data, close, tickers)
+
+    def run_batch(self, requests, data: MarketData, provider: ProviderSpec) -> list[ToolResult]:
+        results = super().run_batch(requests, data, provider)
+        return [self._say_how_to_fetch(r, data, provider) for r in results]
+
+    def _say_how_to_fetch(self, result: ToolResult, data: MarketData, provider) -> ToolResult:
+        if provider.name != "sec" or result.coverage:
+            return result
+        rows = _filings(data.fundamentals, "sec")
+        if rows is not None and (rows["ticker"] == result.ticker).any():
+            return result
+        ticker = result.ticker
+        return result.model_copy(
+            update={
+                "summary": f"fundamental (SEC XBRL filings) {ticker}: not covered: no SEC filings "
+                f"stored for {ticker}: run quantorch data fetch-fundamentals --tickers {ticker} "
+                "(counting filings known at this date; XBRL company facts begin in 2009)"
+            }
+        )
 
     def _factor_series(
         self, data: MarketData, close: pd.DataFrame, tickers: list[str]
@@ -762,9 +543,7 @@ __all__ = [
     "SPEC",
     "TOOL",
     "FundamentalTool",
-    "SecClient",
     "factor_exposures",
-    "parse_company_facts",
     "statement_features",
     "statement_snapshots",
 ]

@@ -4,8 +4,11 @@ Providers: ``fast`` (rolling measures) and ``full`` (adds 99% VaR/CVaR and a GAR
 one-day-ahead volatility forecast from the ``arch`` package).
 
 The measures are plain functions on (sessions x tickers) arrays of simple daily returns, in
-the style of ``skfolio.measures``; the tool class only moves data in and out. Every function is
-causal: row t uses rows up to t only.
+the style of ``skfolio.measures``; the tool class only moves data in and out. Realised
+volatility, downside deviation and drawdown come from the one measures module,
+:mod:`quantorch.backtest.metrics` (``rolling_volatility``, ``rolling_downside_deviation``,
+``drawdown``); the measures only this tool uses (EWMA volatility, historical VaR/CVaR, beta
+and correlation, GARCH) are here. Every function is causal: row t uses rows up to t only.
 
 GARCH refit rule. Parameters are fitted at the last XNYS session of each calendar quarter on
 the (at most) 500 daily returns up to and including it (at least 250), and the conditional
@@ -27,12 +30,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from quantorch.backtest import metrics
 from quantorch.toolkit.base import PanelTool
 from quantorch.toolkit.spec import (
     MarketData,
     OutputField,
     ProviderSpec,
-    ToolRequest,
     ToolResult,
     ToolSpec,
 )
@@ -41,13 +44,10 @@ __all__ = [
     "SPEC",
     "TOOL",
     "RiskTool",
-    "realised_volatility",
-    "ewma_volatility",
-    "historical_var_cvar",
-    "drawdown",
     "beta_correlation",
-    "downside_deviation",
+    "ewma_volatility",
     "garch_volatility",
+    "historical_var_cvar",
     "quarter_end_sessions",
 ]
 
@@ -101,11 +101,6 @@ SPEC = ToolSpec(
 
 def _frame(values: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(np.asarray(values, dtype=np.float64).reshape(len(values), -1))
-
-
-def realised_volatility(returns: np.ndarray, window: int) -> np.ndarray:
-    """Annualised sample standard deviation of the last ``window`` returns (NaN if any missing)."""
-    return (_frame(returns).rolling(window, min_periods=window).std() * ANNUAL).to_numpy()
 
 
 def ewma_volatility(returns: np.ndarray, lam: float = EWMA_LAMBDA, min_obs: int = 21) -> np.ndarray:
@@ -195,12 +190,6 @@ def historical_var_cvar(
     return var, cvar
 
 
-def drawdown(close: np.ndarray) -> np.ndarray:
-    """Close over the running peak close of the history given, minus one (<= 0)."""
-    frame = _frame(close)
-    return (frame / frame.cummax() - 1).to_numpy()
-
-
 def beta_correlation(
     returns: np.ndarray, benchmark_returns: np.ndarray, window: int = BETA_WINDOW
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -224,12 +213,6 @@ def beta_correlation(
     beta = (covariance / var_y.where(var_y > 0)).to_numpy()
     corr = (covariance / np.sqrt(var_x * var_y).where((var_x > 0) & (var_y > 0))).clip(-1, 1)
     return beta, corr.to_numpy()
-
-
-def downside_deviation(returns: np.ndarray, window: int = 63, target: float = 0.0) -> np.ndarray:
-    """Annualised root mean squared shortfall below ``target`` over ``window`` sessions."""
-    shortfall = np.minimum(_frame(returns) - target, 0.0) ** 2
-    return (np.sqrt(shortfall.rolling(window, min_periods=window).mean()) * ANNUAL).to_numpy()
 
 
 @functools.cache
@@ -329,12 +312,13 @@ _SINGLE_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("risk_single
 class RiskTool(PanelTool):
     spec = SPEC
 
-    def run(self, request: ToolRequest, data: MarketData, provider: ProviderSpec) -> ToolResult:
+    def run_batch(self, requests, data: MarketData, provider: ProviderSpec) -> list[ToolResult]:
         # The runner passes data already cut at asof; cutting again costs little and keeps a
         # direct call on whole data correct, since GARCH then computes only the last row.
         token = _SINGLE_CALL.set(True)
         try:
-            return super().run(request, data.truncate(request.asof), provider)
+            cut = data.truncate(requests[0].asof) if requests else data
+            return super().run_batch(requests, cut, provider)
         finally:
             _SINGLE_CALL.reset(token)
 
@@ -348,23 +332,23 @@ class RiskTool(PanelTool):
         close = close_frame.to_numpy(dtype=np.float64)
         returns = close_frame.pct_change(fill_method=None).to_numpy()
         out: dict[str, np.ndarray] = {
-            "vol21": realised_volatility(returns, 21),
-            "vol63": realised_volatility(returns, 63),
-            "vol252": realised_volatility(returns, 252),
+            "vol21": metrics.rolling_volatility(returns, 21),
+            "vol63": metrics.rolling_volatility(returns, 63),
+            "vol252": metrics.rolling_volatility(returns, 252),
             "ewma_vol": ewma_volatility(returns),
         }
         full = provider.name == "full"
         for level in (0.95, 0.99) if full else (0.95,):
             tag = round(level * 100)
             out[f"var{tag}"], out[f"cvar{tag}"] = historical_var_cvar(returns, TAIL_WINDOW, level)
-        out["drawdown"] = drawdown(close)
+        out["drawdown"] = metrics.drawdown(close)
         if data.benchmark is not None:
             bench = data.benchmark.reindex(index).pct_change(fill_method=None).to_numpy()
             out["beta252"], out["corr252"] = beta_correlation(returns, bench, BETA_WINDOW)
         else:
             out["beta252"] = np.full(close.shape, np.nan)
             out["corr252"] = np.full(close.shape, np.nan)
-        out["downside_dev63"] = downside_deviation(returns, 63)
+        out["downside_dev63"] = metrics.rolling_downside_deviation(returns, 63)
         if full:
             refit = quarter_end_sessions(pd.DatetimeIndex(index))
             last_only = _SINGLE_CALL.get()

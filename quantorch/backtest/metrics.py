@@ -1,7 +1,22 @@
-"""Performance measures of an equity curve.
+"""Performance and risk measures: the one place quantorch computes them.
 
 The measures are pure functions on numpy arrays (skfolio's ``measures`` style);
-:func:`performance_metrics` is the thin pandas wrapper the runner and the report use.
+:func:`performance_metrics` is the thin pandas wrapper the runner and the report use, the
+``risk`` tool reads its volatility, downside deviation and drawdown from here, and
+``quantorch evaluate`` its Sharpe, CAGR and bootstrap intervals.
+
+Shapes and missing values
+-------------------------
+- ``drawdown``, ``max_drawdown``, ``annualised_volatility``, ``sharpe_ratio``,
+  ``downside_deviation``, ``sortino_ratio``, ``rolling_volatility`` and
+  ``rolling_downside_deviation`` take a 1-D series or a 2-D (sessions x series) array and work
+  along axis 0: a 2-D input gives, column by column, exactly (bit for bit) what each column
+  gives alone. Reductions return a float for 1-D input and one value per column for 2-D
+  input; ``drawdown`` and the rolling measures return an array of the input's shape. The other
+  measures take 1-D input.
+- A NaN return makes a reduction NaN (nothing is skipped) and a rolling window holding it NaN.
+  ``drawdown`` is NaN where the value is NaN, and the running peak carries over the gap (the
+  peak of the finite values so far), so a missing bar does not reset it.
 
 Conventions
 -----------
@@ -12,7 +27,8 @@ Conventions
 - ``sortino``: mean / downside deviation x sqrt(252); the downside deviation is
   sqrt(mean(min(r, 0)^2)) over all periods (target 0), as in empyrical.
 - ``cagr``: compound growth over calendar time, years = days between the first and last
-  equity dates / 365.25.
+  equity dates / 365.25. :func:`cagr_from_returns` is the session-count convention
+  ``quantorch evaluate`` uses on resampled returns (years = number of returns / 252).
 - ``max_drawdown``: the worst peak-to-trough fall, negative (-0.34) or 0.
 - ``calmar``: cagr / |max_drawdown|; NaN when there is no drawdown (the runner turns NaN into
   JSON null).
@@ -24,7 +40,9 @@ Conventions
 - ``fees_paid``, ``slippage_paid``: USD totals over the fills; 0 without fills.
 
 A ratio whose denominator is zero (no volatility, no downside, no time) is NaN; a standard
-deviation below 1e-9 of the mean return (rounding noise of a constant series) counts as zero.
+deviation below 1e-9 of the mean return (rounding noise of a constant series) counts as zero
+(``sharpe_ratio(..., noise_floor=...)``; ``quantorch evaluate``'s bootstrap passes 0, the
+convention it has always used: only an exactly zero deviation is NaN).
 
 Rolling and relative measures (the tear sheet)
 ----------------------------------------------
@@ -32,7 +50,12 @@ Rolling and relative measures (the tear sheet)
   by default) and return an array as long as the returns: value ``i`` uses returns
   ``i - window + 1 .. i``; the first ``window - 1`` values, and every window holding a NaN,
   are NaN. ``rolling_sharpe`` and ``rolling_volatility`` annualise like ``sharpe`` and
-  ``volatility``; ``rolling_beta`` is cov(r, b) / var(b) over the window.
+  ``volatility``, ``rolling_downside_deviation`` annualises the downside deviation the same
+  way (x sqrt(252), unlike the full-period ``downside_deviation`` the Sortino ratio divides
+  by); ``rolling_beta`` is cov(r, b) / var(b) over the window. ``rolling_volatility`` and
+  ``rolling_downside_deviation`` use pandas' O(n) rolling kernels (a 20-stock, 33-year panel
+  would need gigabytes as explicit windows); ``rolling_sharpe`` and ``rolling_beta`` use
+  explicit windows (1-D only).
 - ``alpha_beta``: ordinary least squares of the strategy's daily simple returns on the
   comparison's, ``r = a + beta * b``, risk-free rate zero (CAPM); alpha is annualised as
   ``a x 252`` (arithmetic, not compounded).
@@ -46,11 +69,25 @@ Rolling and relative measures (the tear sheet)
   recovery (the first session back at or above the peak; none while still under water);
   ``depth`` is trough / peak - 1 (negative) and ``length`` counts the sessions from peak to
   recovery, or to the last session when not recovered.
+
+Resampling
+----------
+- :func:`stationary_block_bootstrap`: Politis and Romano's stationary bootstrap. A resample
+  is as long as the series and made of blocks that start at a uniformly drawn session and
+  run on (wrapping around at the end) for a geometric number of sessions with mean ``block``
+  (21 by default, about a month). The interval is the 2.5% and 97.5% quantiles of the
+  statistic over ``resamples`` resamples (1,000), leaving out resamples where it is not
+  finite; a series shorter than two sessions, or no finite value, gives (NaN, NaN). The draws
+  depend only on the series length and ``seed``.
+- Rows are resampled whole: a 2-D (sessions x series) input keeps its series paired on the
+  same days, which is what a difference of two strategies' Sharpe ratios needs
+  (:func:`paired_block_bootstrap`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -63,6 +100,7 @@ __all__ = [
     "annual_returns",
     "annualised_volatility",
     "cagr",
+    "cagr_from_returns",
     "calmar_ratio",
     "downside_deviation",
     "drawdown",
@@ -71,14 +109,18 @@ __all__ = [
     "information_ratio",
     "max_drawdown",
     "monthly_returns",
+    "paired_block_bootstrap",
     "performance_metrics",
     "relative_metrics",
     "rolling_beta",
+    "rolling_downside_deviation",
     "rolling_sharpe",
     "rolling_volatility",
     "sharpe_ratio",
     "simple_returns",
     "sortino_ratio",
+    "stationary_block_bootstrap",
+    "stationary_bootstrap_indices",
     "total_return",
     "tracking_error",
     "turnover",
@@ -133,55 +175,150 @@ def cagr(equity: np.ndarray, years: float) -> float:
     return float(growth ** (1.0 / years) - 1.0)
 
 
-def annualised_volatility(returns: np.ndarray, periods_per_year: int = 252) -> float:
-    """Sample standard deviation (ddof=1) of ``returns`` x sqrt(periods_per_year)."""
+def cagr_from_returns(returns: np.ndarray, periods_per_year: int = 252) -> float:
+    """Compound annual growth rate of daily ``returns``, counting sessions, not calendar days.
+
+    Growth is prod(1 + r) and years = len(returns) / ``periods_per_year``. This is the
+    convention of ``quantorch evaluate``'s bootstrap, whose resampled days have no dates;
+    :func:`cagr` (calendar time) is the one the run metrics report.
+
+    Returns
+    -------
+    float
+        NaN without returns or unless the growth is positive (a resample that loses
+        everything has no geometric rate and is left out of the interval), where :func:`cagr`
+        gives -1.0 for a curve that ends at exactly zero.
+    """
     returns = np.asarray(returns, dtype=np.float64)
+    growth = float(np.prod(1 + returns))
+    years = len(returns) / periods_per_year
+    return growth ** (1 / years) - 1 if growth > 0 and years > 0 else _NAN
+
+
+def _series_or_panel(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim not in (1, 2):
+        raise ValueError(
+            f"expected a 1-D series or a 2-D (sessions x series) array, got {values.ndim}-D"
+        )
+    return values
+
+
+def _per_column(
+    kernel: Callable[..., float], values: np.ndarray, *args: object
+) -> float | np.ndarray:
+    """``kernel`` on a 1-D series, or on each column of a 2-D array (one value per column).
+
+    Each column goes through the 1-D kernel as a contiguous copy, so a column of a panel gives
+    the same bits as the series alone (numpy sums a 2-D array along axis 0 in another order).
+    """
+    values = _series_or_panel(values)
+    if values.ndim == 1:
+        return kernel(values, *args)
+    return np.array(
+        [kernel(np.ascontiguousarray(values[:, j]), *args) for j in range(values.shape[1])],
+        dtype=np.float64,
+    )
+
+
+def _volatility(returns: np.ndarray, periods_per_year: int) -> float:
     if len(returns) < 2:
         return _NAN
     return float(np.std(returns, ddof=1) * math.sqrt(periods_per_year))
 
 
-def sharpe_ratio(returns: np.ndarray, periods_per_year: int = 252) -> float:
-    """Annualised mean over standard deviation of ``returns`` (risk-free rate zero)."""
-    returns = np.asarray(returns, dtype=np.float64)
+def annualised_volatility(returns: np.ndarray, periods_per_year: int = 252) -> float | np.ndarray:
+    """Sample standard deviation (ddof=1) of ``returns`` x sqrt(periods_per_year).
+
+    1-D: a float; 2-D (sessions x series): one value per column. NaN with fewer than two
+    returns or a NaN among them.
+    """
+    return _per_column(_volatility, returns, periods_per_year)
+
+
+def _sharpe(returns: np.ndarray, periods_per_year: int, noise_floor: float) -> float:
     if len(returns) < 2:
         return _NAN
     mean = np.mean(returns)
     std = np.std(returns, ddof=1)
-    # A constant series has a "std" of rounding noise (~1e-15); its ratio means nothing.
-    if not std > 1e-9 * abs(mean):
+    if not std > noise_floor * abs(mean):
         return _NAN
     return float(mean / std * math.sqrt(periods_per_year))
 
 
-def downside_deviation(returns: np.ndarray) -> float:
-    """sqrt(mean(min(r, 0)^2)): the root mean square of the losses, target 0."""
-    returns = np.asarray(returns, dtype=np.float64)
+def sharpe_ratio(
+    returns: np.ndarray, periods_per_year: int = 252, *, noise_floor: float = 1e-9
+) -> float | np.ndarray:
+    """Annualised mean over standard deviation (ddof=1) of ``returns`` (risk-free rate zero).
+
+    Parameters
+    ----------
+    returns
+        Daily simple returns: 1-D (a float back) or 2-D sessions x series (one per column).
+    periods_per_year
+        Sessions per year used to annualise.
+    noise_floor
+        A standard deviation at or below ``noise_floor x |mean|`` counts as zero and the ratio
+        is NaN: a constant series has a "std" of rounding noise (~1e-15) and its ratio means
+        nothing. The run metrics use the default 1e-9; ``quantorch evaluate``'s bootstrap
+        passes 0 (its convention: only an exactly zero deviation gives NaN).
+    """
+    return _per_column(_sharpe, returns, periods_per_year, noise_floor)
+
+
+def _downside(returns: np.ndarray, target: float) -> float:
     if len(returns) == 0:
         return _NAN
-    return float(np.sqrt(np.mean(np.minimum(returns, 0.0) ** 2)))
+    return float(np.sqrt(np.mean(np.minimum(returns - target, 0.0) ** 2)))
 
 
-def sortino_ratio(returns: np.ndarray, periods_per_year: int = 252) -> float:
-    """Annualised mean over downside deviation of ``returns`` (target 0)."""
-    downside = downside_deviation(returns)
+def downside_deviation(returns: np.ndarray, target: float = 0.0) -> float | np.ndarray:
+    """sqrt(mean(min(r - target, 0)^2)): the root mean square of the shortfalls, per period.
+
+    Not annualised (the Sortino ratio annualises its quotient); see
+    :func:`rolling_downside_deviation` for the annualised trailing-window version. 1-D: a
+    float; 2-D: one value per column.
+    """
+    return _per_column(_downside, returns, target)
+
+
+def _sortino(returns: np.ndarray, periods_per_year: int) -> float:
+    downside = _downside(returns, 0.0)
     if not downside > 0:
         return _NAN
     return float(np.mean(returns) / downside * math.sqrt(periods_per_year))
 
 
+def sortino_ratio(returns: np.ndarray, periods_per_year: int = 252) -> float | np.ndarray:
+    """Annualised mean over downside deviation of ``returns`` (target 0); per column for 2-D."""
+    return _per_column(_sortino, returns, periods_per_year)
+
+
 def drawdown(equity: np.ndarray) -> np.ndarray:
-    """Equity over its running peak, minus one (0 at a new high, negative below it)."""
+    """Equity over its running peak, minus one (0 at a new high, negative below it).
+
+    ``equity`` is 1-D or 2-D (sessions x series, each column on its own). The peak is the
+    highest finite value so far: a NaN value gives NaN and the peak carries over it.
+    """
     equity = np.asarray(equity, dtype=np.float64)
     if len(equity) == 0:
         return equity.copy()
-    return equity / np.maximum.accumulate(equity) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return equity / np.fmax.accumulate(equity, axis=0) - 1.0
 
 
-def max_drawdown(equity: np.ndarray) -> float:
-    """The most negative value of :func:`drawdown` (0 for a curve that never falls)."""
+def _max_drawdown(equity: np.ndarray) -> float:
     dd = drawdown(equity)
+    dd = dd[~np.isnan(dd)]
     return float(dd.min()) if len(dd) else _NAN
+
+
+def max_drawdown(equity: np.ndarray) -> float | np.ndarray:
+    """The most negative value of :func:`drawdown` (0 for a curve that never falls).
+
+    NaN values are left out; NaN for a curve with no value. 2-D: one value per column.
+    """
+    return _per_column(_max_drawdown, equity)
 
 
 def calmar_ratio(cagr_value: float, max_drawdown_value: float) -> float:
@@ -219,15 +356,28 @@ def _pad(values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _rolling(values: np.ndarray, window: int, stat: str) -> np.ndarray:
+    """pandas' rolling ``stat`` (``std`` with ddof=1, or ``mean``) over complete windows only,
+    column by column, in the input's shape."""
+    values = _series_or_panel(values)
+    _check_window(window)
+    if len(values) == 0:
+        return np.full(values.shape, np.nan)
+    frame = pd.DataFrame(values.reshape(len(values), -1))
+    rolling = frame.rolling(window, min_periods=window)
+    out = (rolling.std(ddof=1) if stat == "std" else rolling.mean()).to_numpy()
+    return out.reshape(values.shape)
+
+
 def rolling_volatility(
     returns: np.ndarray, window: int = ROLLING_WINDOW, periods_per_year: int = 252
 ) -> np.ndarray:
-    """Annualised volatility over a trailing window.
+    """Annualised volatility (sample standard deviation, ddof=1) over a trailing window.
 
     Parameters
     ----------
     returns
-        Daily simple returns.
+        Daily simple returns: 1-D, or 2-D sessions x series (each column on its own).
     window
         Sessions per window (at least 2).
     periods_per_year
@@ -236,15 +386,41 @@ def rolling_volatility(
     Returns
     -------
     numpy.ndarray
-        As long as ``returns``; NaN until the first complete window and for windows with a NaN.
+        The shape of ``returns``; NaN until the first complete window and for windows with a
+        NaN.
     """
-    returns = np.asarray(returns, dtype=np.float64)
-    n = len(returns)
-    _check_window(window)
-    if n < window:
-        return np.full(n, np.nan)
-    std = np.std(_windows(returns, window), axis=1, ddof=1)
-    return _pad(std * math.sqrt(periods_per_year), n)
+    return _rolling(returns, window, "std") * math.sqrt(periods_per_year)
+
+
+def rolling_downside_deviation(
+    returns: np.ndarray,
+    window: int = ROLLING_WINDOW,
+    target: float = 0.0,
+    periods_per_year: int = 252,
+) -> np.ndarray:
+    """Annualised downside deviation over a trailing window: sqrt(mean(min(r - target, 0)^2))
+    x sqrt(periods_per_year).
+
+    Parameters
+    ----------
+    returns
+        Daily simple returns: 1-D, or 2-D sessions x series (each column on its own).
+    window
+        Sessions per window (at least 2).
+    target
+        The return below which a session counts as a shortfall.
+    periods_per_year
+        Sessions per year used to annualise (the full-period :func:`downside_deviation` is
+        not annualised).
+
+    Returns
+    -------
+    numpy.ndarray
+        The shape of ``returns``; NaN until the first complete window and for windows with a
+        NaN.
+    """
+    shortfall = np.minimum(np.asarray(returns, dtype=np.float64) - target, 0.0) ** 2
+    return np.sqrt(_rolling(shortfall, window, "mean")) * math.sqrt(periods_per_year)
 
 
 def rolling_sharpe(
@@ -422,6 +598,122 @@ def drawdown_periods(equity: np.ndarray) -> np.ndarray:
     for k, (i, j) in enumerate(zip(first_under, back, strict=True)):
         rows[k] = (i - 1, i + int(np.argmin(dd[i:j])), j if j < len(dd) else -1)
     return rows
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def stationary_bootstrap_indices(
+    n: int, *, block: float = 21, resamples: int = 1000, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """Row indices of stationary-bootstrap resamples (Politis-Romano) of ``n`` sessions.
+
+    Yields ``resamples`` integer arrays of length ``n``. Each resample is made of blocks: a
+    block starts at a uniformly drawn session and runs on, wrapping around after the last
+    session, until a new block starts, which happens at each session with probability
+    1 / ``block`` (so blocks are geometric with mean ``block`` sessions). The draws depend only
+    on ``n``, ``block``, ``resamples`` and ``seed``: indexing several series with the same
+    arrays resamples them on the same days.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one session to resample, got {n}")
+    if not block >= 1:
+        raise ValueError(f"block must be at least 1 session on average, got {block}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    p = 1.0 / block
+    positions = np.arange(n)
+    for _ in range(resamples):
+        starts = rng.integers(n, size=n)
+        new_block = rng.random(n) < p
+        new_block[0] = True
+        # index = start of the current block + offset within it, wrapping around
+        block_id = np.cumsum(new_block) - 1
+        first_pos = np.flatnonzero(new_block)
+        offset = positions - first_pos[block_id]
+        yield (starts[first_pos][block_id] + offset) % n
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return (_NAN, _NAN)
+    return (float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975)))
+
+
+def stationary_block_bootstrap(
+    returns: np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    block: float = 21,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% interval of ``statistic`` under a stationary block bootstrap of ``returns``.
+
+    Parameters
+    ----------
+    returns
+        Daily returns, 1-D, or 2-D sessions x series: rows (days) are resampled whole, so the
+        series stay paired on the same days.
+    statistic
+        Called on each resample (same shape as ``returns``), e.g. :func:`sharpe_ratio`.
+    block
+        Mean block length in sessions (see :func:`stationary_bootstrap_indices`).
+    resamples
+        Number of resamples.
+    seed
+        Seed of the draws: the same seed and length give the same resamples.
+
+    Returns
+    -------
+    tuple of float
+        The 2.5% and 97.5% quantiles of the finite values of ``statistic`` over the resamples;
+        (NaN, NaN) with fewer than two sessions or no finite value.
+    """
+    returns = np.asarray(returns, dtype=np.float64)
+    n = len(returns)
+    if n < 2:
+        return (_NAN, _NAN)
+    values = np.empty(resamples)
+    for b, idx in enumerate(
+        stationary_bootstrap_indices(n, block=block, resamples=resamples, seed=seed)
+    ):
+        values[b] = statistic(returns[idx])
+    return _interval(values)
+
+
+def paired_block_bootstrap(
+    returns: np.ndarray,
+    other_returns: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    block: float = 21,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% interval of ``statistic(a, b)`` with both series resampled on the same days.
+
+    For a difference of two strategies' figures over one period, e.g. the Sharpe difference
+    ``lambda a, b: sharpe_ratio(a) - sharpe_ratio(b)``: resampling the days jointly keeps the
+    correlation between the two, which independent resamples would throw away (and widen the
+    interval). Same draws as :func:`stationary_block_bootstrap` for the same length and seed.
+
+    Parameters
+    ----------
+    returns, other_returns
+        Daily returns of the two series on the same sessions (equal lengths).
+    statistic
+        Called as ``statistic(a, b)`` on each pair of resamples.
+    block, resamples, seed
+        As in :func:`stationary_block_bootstrap`.
+    """
+    returns, other_returns = _pair(returns, other_returns)
+    if returns.ndim != 1:
+        raise ValueError("paired_block_bootstrap takes two 1-D series of returns")
+    both = np.column_stack([returns, other_returns])
+    return stationary_block_bootstrap(
+        both, lambda rows: statistic(rows[:, 0], rows[:, 1]), block, resamples, seed
+    )
 
 
 # --------------------------------------------------------------------------- pandas wrappers

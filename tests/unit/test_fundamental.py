@@ -1,38 +1,31 @@
-"""The fundamental tool: factor-implied tilts, ratios from point-in-time filings, SEC facts.
+"""The fundamental tool: factor-implied tilts, ratios from point-in-time filings.
 
 Real data throughout: prices, the S&P 500 index and the style-factor ETFs shipped in skfolio,
-and the SEC extract in ../shared/data (skipped when absent). Each provider gets the poisoned-
-future check (garbage after t, in prices and filings, changes nothing at t) and the property
-that a panel value at t is bit-identical to a single call on data truncated at t.
+and the SEC extract in ../shared/data (skipped when absent), which also stands in for rows
+fetched from the SEC (source ``sec``). Each provider gets the poisoned-future check (garbage
+after t, in prices and filings, changes nothing at t) and the property that a panel value at t
+is bit-identical to a single call on data truncated at t. Fetching from the SEC itself (the
+adapter, the CLI, loopback HTTP) is tested in tests/integration/test_sec_fundamentals.py.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as dt
 import functools
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from quantorch.tools.fundamental import (
-    TOOL,
-    SecClient,
-    parse_company_facts,
-    statement_features,
-)
+from quantorch.tools import fundamental
+from quantorch.tools.fundamental import TOOL
 
 from quantorch.data.fundamentals import read_fundamentals_file
 from quantorch.data.panel import PricePanel
-from quantorch.errors import ConfigError, DataSourceUnavailableError, UnknownTickerError
 from quantorch.toolkit.spec import MarketData, ToolRequest
 
 FACTOR_NAMES = (
@@ -94,6 +87,24 @@ def _filings_market(sec_file: Path) -> MarketData:
 def filings(shared_data) -> MarketData:
     """The 20 stocks 2009-2022 with the SEC filings (point-in-time by filed_at; ../shared/data)."""
     return _filings_market(shared_data("sec_fundamentals.csv.gz"))
+
+
+_FETCHED: dict[int, MarketData] = {}
+
+
+def as_fetched(data: MarketData) -> MarketData:
+    """The same filings as if ``quantorch data fetch-fundamentals`` had stored them (source
+    ``sec``); one copy per data set, so panels cached by identity stay cached."""
+    if id(data) not in _FETCHED:
+        _FETCHED[id(data)] = dataclasses.replace(
+            data, fundamentals=data.fundamentals.assign(source="sec")
+        )
+    return _FETCHED[id(data)]
+
+
+@pytest.fixture
+def sec_filings(filings) -> MarketData:
+    return as_fetched(filings)
 
 
 def _garbage(shape, rng: np.random.Generator) -> np.ndarray:
@@ -175,10 +186,27 @@ def test_providers_priced_cheap_to_dear_and_factor_outputs_unchanged():
     assert spec.provider_outputs("factor") == FACTOR_NAMES
     prices = [spec.provider(p).expected_cost_usd for p in ("factor", "file", "sec")]
     assert prices[0] <= prices[1] < prices[2]
-    assert spec.provider("sec").online and spec.provider("sec").expected_latency_ms >= 500
-    assert not spec.provider("factor").online and not spec.provider("file").online
+    assert spec.provider("sec").usd_per_call == 0.01  # the price it always had: slots keep it
+    # every provider is a local computation: sec reads what fetch-fundamentals stored
+    assert not any(spec.provider(p).online for p in ("factor", "file", "sec"))
+    assert spec.provider("sec").expected_latency_ms == spec.provider("file").expected_latency_ms
     assert all("factor-implied" in f.description for f in spec.outputs if f.name.endswith("_tilt"))
     assert set(spec.provider_outputs("file")) == set(spec.provider_outputs("sec"))
+
+
+def test_the_tool_module_does_no_network_io():
+    """No tool does network I/O itself: the SEC client lives in quantorch.data.providers.sec."""
+    tree = ast.parse(Path(fundamental.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    network = {"httpx", "requests", "urllib", "urllib3", "http", "socket", "aiohttp"}
+    assert not imported & network, imported & network
+    assert "quantorch.data.providers.sec" in imported  # only for the name of the source
+    assert not hasattr(fundamental, "SecClient") and not hasattr(fundamental, "parse_company_facts")
 
 
 # ---- factor ----------------------------------------------------------------------------------
@@ -325,259 +353,76 @@ def test_file_panel_equals_single_call(pick, filings):
     _assert_panel_equals_single(filings, "file", pick)
 
 
-# ---- sec: XBRL company facts -------------------------------------------------------------------
-
-# Apple's fiscal quarters FY2015-FY2016: net income, assets, equity and filing dates as in the
-# SEC extract; the operating cash-flow facts are year-to-date only, as in real 10-Qs (their
-# values are illustrative).
-_QUARTERS = [  # (start, end, filed, net income)
-    ("2014-09-28", "2014-12-27", "2015-01-28", 18_024_000_000),
-    ("2014-12-28", "2015-03-28", "2015-04-28", 13_569_000_000),
-    ("2015-03-29", "2015-06-27", "2015-07-22", 10_677_000_000),
-    ("2015-06-28", "2015-09-26", "2015-10-28", 11_124_000_000),
-    ("2015-09-27", "2015-12-26", "2016-01-27", 18_361_000_000),
-    ("2015-12-27", "2016-03-26", "2016-04-27", 10_516_000_000),
-    ("2016-03-27", "2016-06-25", "2016-07-27", 7_796_000_000),
-    ("2016-06-26", "2016-09-24", "2016-10-26", 9_014_000_000),
-]
-_OCF_YTD = [
-    33_722_000_000,
-    52_500_000_000,
-    67_000_000_000,
-    81_266_000_000,
-    27_463_000_000,
-    39_000_000_000,
-    55_000_000_000,
-    65_824_000_000,
-]
-_ASSETS = [
-    261_894_000_000,
-    261_194_000_000,
-    273_151_000_000,
-    290_479_000_000,
-    293_284_000_000,
-    305_277_000_000,
-    305_602_000_000,
-    321_686_000_000,
-]
-_EQUITY = [
-    123_328_000_000,
-    129_006_000_000,
-    125_677_000_000,
-    119_355_000_000,
-    128_267_000_000,
-    130_457_000_000,
-    126_541_000_000,
-    128_249_000_000,
-]
+# ---- sec: the same ratios from the rows fetched from the SEC ---------------------------------
 
 
-def _fact(start, end, value, filed, form, fy, fp):
-    fact = {
-        "end": end,
-        "val": value,
-        "accn": f"0000320193-{filed}",
-        "fy": fy,
-        "fp": fp,
-        "form": form,
-        "filed": filed,
-    }
-    if start is not None:
-        fact = {"start": start, **fact}
-    return fact
+def test_sec_ratios_are_the_file_ratios_of_the_same_filings(filings, sec_filings):
+    for ticker, day in (("AAPL", "2016-03-01"), ("KO", "2016-03-01"), ("XOM", "2020-03-16")):
+        from_file = call(filings, ticker, day, "file")
+        from_sec = call(sec_filings, ticker, day, "sec")
+        assert from_sec.coverage and "SEC XBRL filings" in from_sec.summary
+        assert from_sec.cost_usd == TOOL.spec.provider("sec").usd_per_call
+        for name in STATEMENT_NAMES:
+            assert same(from_file.features[name], from_sec.features[name]), (ticker, name)
 
 
-def companyfacts(poison_after_day: str | None = None) -> dict:
-    """A companyfacts-shaped document: 3-month and year-to-date 10-Q facts, annual 10-K facts,
-    balance-sheet instants, and (like the real API) prior-period comparatives re-reported a
-    year later with a restated value, which point-in-time use must ignore."""
-    income, cash, assets, equity = [], [], [], []
-    for year in range(2):
-        quarters = _QUARTERS[4 * year : 4 * year + 4]
-        fy, fy_start = 2015 + year, quarters[0][0]
-        ytd = 0
-        for q, (start, end, filed, value) in enumerate(quarters):
-            ytd += value
-            form, fp = ("10-K", "FY") if q == 3 else ("10-Q", f"Q{q + 1}")
-            if q < 3:
-                income.append(_fact(start, end, value, filed, form, fy, fp))
-            if q > 0:
-                income.append(_fact(fy_start, end, ytd, filed, form, fy, fp))
-            cash.append(_fact(fy_start, end, _OCF_YTD[4 * year + q], filed, form, fy, fp))
-            assets.append(_fact(None, end, _ASSETS[4 * year + q], filed, form, fy, fp))
-            equity.append(_fact(None, end, _EQUITY[4 * year + q], filed, form, fy, fp))
-            if year == 0:  # the comparative in next year's filing, restated
-                later = _QUARTERS[4 + q][2]
-                if q < 3:
-                    income.append(_fact(start, end, round(value * 1.05), later, form, fy + 1, fp))
-                assets.append(_fact(None, end, _ASSETS[q] + 1_000_000_000, later, form, fy + 1, fp))
-    income.append(
-        {**_fact("2014-09-28", "2014-12-27", 1, "2015-02-01", "8-K", 2015, "Q1")}
-    )  # not a 10-Q/K
-    if poison_after_day is not None:
-        cut = poison_after_day
-        rng = np.random.default_rng(5)
-        for facts in (income, cash, assets, equity):
-            for fact in facts:
-                if fact["filed"] > cut:
-                    fact["val"] = float(rng.choice([1e15, -1e15, 0.0, 3.0]))
-            facts.append({**facts[0], "val": -7e14, "filed": "2016-12-01"})  # a late restatement
-    usd = lambda facts: {"units": {"USD": facts}}
-    return {
-        "cik": 320193,
-        "entityName": "Apple Inc.",
-        "facts": {
-            "dei": {"EntityCommonStockSharesOutstanding": {"units": {"shares": []}}},
-            "us-gaap": {
-                "NetIncomeLoss": usd(income),
-                "NetCashProvidedByUsedInOperatingActivities": usd(cash),
-                "Assets": usd(assets),
-                "StockholdersEquity": usd(equity),
-            },
-        },
-    }
+def test_each_statement_provider_reads_only_its_own_rows(filings, sec_filings):
+    """``file`` reads the imported rows, ``sec`` the fetched ones: storing both keeps them
+    apart (a ticker can have an imported extract and the SEC's facts side by side)."""
+    imported = filings.fundamentals
+    fetched = imported[imported["ticker"] == "AAPL"].assign(source="sec")
+    both = dataclasses.replace(filings, fundamentals=pd.concat([imported, fetched]))
+    day = "2016-03-01"
+
+    def features(data, ticker, provider):
+        return call(data, ticker, day, provider).features
+
+    fetched_only, alone = features(both, "AAPL", "sec"), features(sec_filings, "AAPL", "sec")
+    assert all(same(fetched_only[n], alone[n]) for n in STATEMENT_NAMES)
+    for ticker in ("AAPL", "KO"):
+        mixed, alone = features(both, ticker, "file"), features(filings, ticker, "file")
+        assert all(same(mixed[n], alone[n]) for n in STATEMENT_NAMES), ticker
+    sec_ko = call(both, "KO", day, "sec")  # KO was imported, not fetched
+    assert not sec_ko.coverage
+    hint = "no SEC filings stored for KO: run quantorch data fetch-fundamentals --tickers KO"
+    assert hint in sec_ko.summary
+    assert not call(sec_filings, "AAPL", day, "file").coverage  # nothing imported
 
 
-def test_parse_company_facts_gives_first_filed_standalone_quarters():
-    rows = parse_company_facts(companyfacts(), "AAPL")
-    income = rows[rows["metric"] == "net_income_q"].set_index("period_end")
-    assert len(income) == 8
-    for start, end, filed, value in _QUARTERS:
-        row = income.loc[pd.Timestamp(end)]
-        assert row["value"] == value  # Q4 = annual - nine months, restatements ignored
-        assert row["filed_at"] == pd.Timestamp(filed)
-    cash = rows[rows["metric"] == "operating_cf_q"].set_index("period_end")["value"]
-    expected = np.diff([0, *_OCF_YTD[:4]]).tolist() + np.diff([0, *_OCF_YTD[4:]]).tolist()
-    assert cash.tolist() == expected
-    assets = rows[rows["metric"] == "total_assets"].set_index("period_end")["value"]
-    assert assets.loc[pd.Timestamp("2014-12-27")] == _ASSETS[0]  # first filed, not the restated
-    assert set(rows["source"]) == {"sec"}
+def test_sec_without_stored_filings_says_how_to_fetch_them(filings):
+    nothing = dataclasses.replace(filings, fundamentals=None)
+    result = call(nothing, "AAPL", "2016-03-01", "sec")
+    assert not result.coverage and all(np.isnan(v) for v in result.features.values())
+    hint = "no SEC filings stored for AAPL: run quantorch data fetch-fundamentals --tickers AAPL"
+    assert hint in result.summary
+    early = call(as_fetched(filings), "AAPL", "2009-03-02", "sec")  # before any XBRL filing
+    assert not early.coverage and hint in early.summary
 
 
-class _SecHandler(BaseHTTPRequestHandler):
-    documents: ClassVar[dict[str, bytes]] = {}
-    seen: ClassVar[list[dict[str, str]]] = []
-
-    def do_GET(self):
-        type(self).seen.append(
-            {"path": self.path, "user-agent": self.headers.get("User-Agent", "")}
-        )
-        body = self.documents.get(self.path)
-        if self.path.endswith("forbidden.json"):
-            self.send_response(403)
-            self.end_headers()
-            return
-        if body is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def _poison_fetched(data: MarketData, t: pd.Timestamp, seed: int) -> MarketData:
+    """``poison_after``, with the later 'restatements' under the sec source too (a second
+    fetch keeps the first-filed row in the table, but the tool must not depend on that)."""
+    poisoned = poison_after(data, t, seed=seed)
+    rows = poisoned.fundamentals.assign(source="sec")
+    return dataclasses.replace(poisoned, fundamentals=rows)
 
 
-@pytest.fixture
-def sec_server(monkeypatch):
-    _SecHandler.documents = {
-        "/api/xbrl/companyfacts/CIK0000320193.json": json.dumps(companyfacts()).encode(),
-    }
-    _SecHandler.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SecHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("QUANTORCH_SEC_BASE_URL", base)
-    monkeypatch.setenv("QUANTORCH_SEC_USER_AGENT", "quantorch tests tests@example.com")
-    SecClient.clear_cache()
-    yield base
-    server.shutdown()
-    server.server_close()
-    SecClient.clear_cache()
-
-
-def _aapl_market() -> MarketData:
-    close, _, _ = _skfolio()
-    return MarketData(prices=PricePanel.from_close(close.loc["2014":"2017", ["AAPL"]]))
-
-
-def test_sec_over_loopback_http_with_a_user_agent(sec_server):
-    data = _aapl_market()
-    result = call(data, "AAPL", "2016-03-01", "sec")
-    assert result.coverage and result.cost_usd == TOOL.spec.provider("sec").usd_per_call
-    assert "SEC XBRL" in result.summary
-    expected = statement_features(
-        parse_company_facts(companyfacts(), "AAPL"), data.prices.close.loc[:"2016-03-01"]
-    )
-    for name in STATEMENT_NAMES:
-        assert same(result.features[name], expected[name]["AAPL"].iloc[-1]), name
-    assert result.features["roa_ttm"] == pytest.approx(
-        sum(q[3] for q in _QUARTERS[1:5]) / _ASSETS[4]
-    )
-    call(data, "AAPL", "2016-06-01", "sec")  # served from the in-process cache
-    assert len(_SecHandler.seen) == 1
-    assert _SecHandler.seen[0]["user-agent"] == "quantorch tests tests@example.com"
-
-
-def test_sec_errors_are_clear(sec_server, monkeypatch):
-    client = SecClient()
-    with pytest.raises(UnknownTickerError, match="no XBRL company facts"):
-        client.company_facts("MSFT")  # 404 from the server
-    forbidden = SecClient(base_url=sec_server)
-    with pytest.raises(ConfigError, match="User-Agent"):
-        forbidden._get_json(f"{sec_server}/forbidden.json", "test")
-    monkeypatch.delenv("QUANTORCH_SEC_USER_AGENT")
-    with pytest.raises(ConfigError, match="QUANTORCH_SEC_USER_AGENT"):
-        SecClient().company_facts("AAPL")
-
-
-def test_sec_offline_says_unreachable(monkeypatch):
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("QUANTORCH_SEC_USER_AGENT", "quantorch tests tests@example.com")
-    monkeypatch.setenv("QUANTORCH_SEC_BASE_URL", f"http://127.0.0.1:{port}")
-    SecClient.clear_cache()
-    with pytest.raises(DataSourceUnavailableError, match="SEC unreachable"):
-        call(_aapl_market(), "AAPL", "2016-03-01", "sec")
-
-
-def _mock_client(document: dict) -> SecClient:
-    body = json.dumps(document).encode()
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
-    SecClient.clear_cache()
-    return SecClient(
-        user_agent="quantorch tests tests@example.com",
-        base_url=f"http://mock-{id(document)}",
-        transport=transport,
-    )
-
-
-@pytest.mark.parametrize("day", ["2015-11-02", "2016-03-01"])
-def test_sec_poisoned_future_changes_nothing_at_t(day):
+@pytest.mark.parametrize("day", ["2012-05-15", "2016-03-01", "2020-03-16"])
+def test_sec_poisoned_future_changes_nothing_at_t(day, sec_filings):
     t = pd.Timestamp(day)
-    data = _aapl_market()
-    clean = dataclasses.replace(data, extras={"sec_client": _mock_client(companyfacts())})
-    spoiled = poison_after(data, t, seed=3)
-    spoiled = dataclasses.replace(
-        spoiled, extras={"sec_client": _mock_client(companyfacts(poison_after_day=day))}
-    )
-    _assert_unchanged_at(clean, spoiled, t, "sec")
+    poisoned = _poison_fetched(sec_filings, t, seed=3)
+    later = poisoned.fundamentals["filed_at"] > t
+    assert later.any() and (poisoned.fundamentals["source"] == "sec").all()
+    _assert_unchanged_at(sec_filings, poisoned, t, "sec")
 
 
 @settings(
-    max_examples=10, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=10, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(pick=st.data())
-def test_sec_panel_equals_single_call(pick):
-    data = dataclasses.replace(_aapl_market(), extras={"sec_client": _mock_client(companyfacts())})
-    _assert_panel_equals_single(data, "sec", pick)
+def test_sec_panel_equals_single_call(pick, sec_filings):
+    _assert_panel_equals_single(sec_filings, "sec", pick)
 
 
 # ---- shared checks -------------------------------------------------------------------------------

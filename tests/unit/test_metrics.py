@@ -14,15 +14,27 @@ from quantorch.backtest.metrics import (
     ROLLING_WINDOW,
     alpha_beta,
     annual_returns,
+    annualised_volatility,
+    cagr,
+    cagr_from_returns,
+    downside_deviation,
+    drawdown,
     drawdown_periods,
     drawdown_series,
     information_ratio,
+    max_drawdown,
     monthly_returns,
+    paired_block_bootstrap,
     performance_metrics,
     relative_metrics,
     rolling_beta,
+    rolling_downside_deviation,
     rolling_sharpe,
     rolling_volatility,
+    sharpe_ratio,
+    sortino_ratio,
+    stationary_block_bootstrap,
+    stationary_bootstrap_indices,
     tracking_error,
     worst_drawdowns,
 )
@@ -255,3 +267,222 @@ def test_worst_drawdown_is_the_max_drawdown_on_real_prices(sp500_closes):
     assert table["depth"].iloc[0] == pytest.approx(performance_metrics(close)["max_drawdown"])
     assert (table["start"] < table["trough"]).all()
     assert ((table["recovery"] > table["trough"]) | table["recovery"].isna()).all()
+
+
+# --------------------------------------------------------------------------- panels (axis 0)
+
+
+@pytest.fixture(scope="module")
+def panel_with_gaps(sp500_closes):
+    """Closes of five stocks 2005-2012 with real-looking gaps: a missing week in one, a late
+    listing (leading NaN) in another."""
+    closes = sp500_closes.loc["2005-01-01":"2012-12-31", ["AAPL", "BAC", "JPM", "KO", "RRC"]]
+    closes = closes.copy()
+    closes.iloc[400:405, 1] = np.nan
+    closes.iloc[:60, 4] = np.nan
+    return closes.to_numpy()
+
+
+_REDUCTIONS = {
+    "annualised_volatility": annualised_volatility,
+    "sharpe_ratio": sharpe_ratio,
+    "sharpe_ratio_without_floor": lambda r: sharpe_ratio(r, noise_floor=0.0),
+    "downside_deviation": downside_deviation,
+    "downside_below_target": lambda r: downside_deviation(r, target=0.001),
+    "sortino_ratio": sortino_ratio,
+}
+_ROLLING = {
+    "rolling_volatility_21": lambda r: rolling_volatility(r, 21),
+    "rolling_volatility": rolling_volatility,
+    "rolling_downside_deviation_63": lambda r: rolling_downside_deviation(r, 63),
+}
+
+
+@pytest.mark.parametrize("name", list(_REDUCTIONS))
+def test_a_panel_gives_each_column_what_the_column_gives_alone(name, panel_with_gaps):
+    closes = panel_with_gaps[:, [0, 2, 3]]  # complete columns
+    returns = closes[1:] / closes[:-1] - 1
+    measure = _REDUCTIONS[name]
+    together = measure(returns)
+    assert together.shape == (3,)
+    for j in range(3):
+        alone = measure(returns[:, j])
+        assert isinstance(alone, float) and math.isfinite(alone)
+        assert together[j] == alone  # bit for bit
+
+
+@pytest.mark.parametrize("name", list(_ROLLING))
+def test_rolling_measures_on_a_panel_equal_each_column_alone(name, panel_with_gaps):
+    returns = panel_with_gaps[1:] / panel_with_gaps[:-1] - 1
+    measure = _ROLLING[name]
+    together = measure(returns)
+    assert together.shape == returns.shape
+    for j in range(returns.shape[1]):
+        np.testing.assert_array_equal(together[:, j], measure(returns[:, j]))
+
+
+def test_drawdown_of_a_panel_equals_each_column_and_carries_the_peak_over_gaps(panel_with_gaps):
+    dd = drawdown(panel_with_gaps)
+    for j in range(panel_with_gaps.shape[1]):
+        np.testing.assert_array_equal(dd[:, j], drawdown(panel_with_gaps[:, j]))
+    # The same as pandas' running maximum, which skips NaN.
+    frame = pd.DataFrame(panel_with_gaps)
+    np.testing.assert_array_equal(dd, (frame / frame.cummax() - 1).to_numpy())
+    # A gap is NaN and does not reset the peak: after it, the drawdown is from the old high.
+    bac = panel_with_gaps[:, 1]
+    assert np.isnan(dd[400:405, 1]).all()
+    assert dd[405, 1] == bac[405] / np.nanmax(bac[:406]) - 1
+    assert np.isnan(dd[:60, 4]).all() and dd[60, 4] == 0.0  # the first value is its own peak
+    worst = max_drawdown(panel_with_gaps)
+    assert worst.shape == (5,)
+    np.testing.assert_array_equal(worst, np.nanmin(dd, axis=0))
+    assert worst[1] == max_drawdown(bac) < -0.9  # BAC in 2008-2009
+    assert math.isnan(max_drawdown(np.full(3, np.nan)))
+
+
+def test_a_missing_return_spoils_reductions_and_only_the_windows_that_hold_it(sp500_closes):
+    returns = sp500_closes["KO"].loc["2015":"2016"].pct_change().iloc[1:].to_numpy()
+    holed = returns.copy()
+    holed[100] = np.nan
+    panel = np.column_stack([returns, holed])
+    for measure in (annualised_volatility, sharpe_ratio, downside_deviation, sortino_ratio):
+        values = measure(panel)
+        assert math.isfinite(values[0]) and math.isnan(values[1]), measure.__name__
+    vol = rolling_volatility(panel, 21)
+    down = rolling_downside_deviation(panel, 21)
+    for values in (vol, down):
+        np.testing.assert_array_equal(values[:100, 1], values[:100, 0])
+        assert np.isnan(values[100:121, 1]).all() and np.isfinite(values[121:, 1]).all()
+        # pandas' O(n) kernel carries sums from window to window: equal to rounding after a gap
+        np.testing.assert_allclose(values[121:, 1], values[121:, 0], rtol=1e-12)
+    # By hand and against pandas.
+    frame = pd.Series(returns)
+    expected = np.sqrt((np.minimum(frame, 0) ** 2).rolling(21).mean()) * math.sqrt(252)
+    np.testing.assert_allclose(down[:, 0], expected, rtol=1e-12, equal_nan=True)
+    last = returns[-21:]
+    assert down[-1, 0] == pytest.approx(math.sqrt(np.mean(np.minimum(last, 0) ** 2) * 252))
+    assert down[-1, 0] > 0 and downside_deviation(returns) < down[-1, 0]  # per day vs per year
+    assert rolling_volatility(np.empty((0, 3)), 21).shape == (0, 3)
+    with pytest.raises(ValueError, match="2-D"):
+        sharpe_ratio(np.zeros((3, 2, 2)))
+
+
+def test_the_noise_floor_is_the_callers_choice():
+    """Rounding noise of a constant series is no risk by default; evaluate's bootstrap keeps
+    its own convention (only an exactly zero deviation is NaN), explicitly."""
+    constant = np.full(300, 0.001)
+    assert 0 < np.std(constant, ddof=1) < 1e-15
+    assert math.isnan(sharpe_ratio(constant))
+    assert sharpe_ratio(constant, noise_floor=0.0) > 1e15
+    assert math.isnan(sharpe_ratio(np.zeros(300), noise_floor=0.0))
+    r = np.array([0.01, -0.02, 0.015, 0.003])
+    assert (
+        sharpe_ratio(r, noise_floor=0.0)
+        == sharpe_ratio(r)
+        == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(252), rel=1e-15)
+    )
+
+
+def test_cagr_from_returns_counts_sessions_and_refuses_a_total_loss(sp500_closes):
+    close = sp500_closes["JPM"].loc["2019":"2021"]
+    r = close.pct_change().dropna().to_numpy()
+    growth = close.iloc[-1] / close.iloc[0]
+    assert cagr_from_returns(r) == pytest.approx(growth ** (252 / len(r)) - 1, rel=1e-12)
+    # The same path on calendar time (the run metrics) is another figure, on purpose.
+    years = (close.index[-1] - close.index[0]).days / 365.25
+    calendar = cagr(close.to_numpy(), years)
+    assert calendar == pytest.approx(growth ** (1 / years) - 1, rel=1e-12)
+    assert calendar != cagr_from_returns(r)
+    ruined = np.append(r, -1.0)
+    assert math.isnan(cagr_from_returns(ruined)) and math.isnan(cagr_from_returns(np.empty(0)))
+    assert cagr(np.array([100.0, 0.0]), 1.0) == -1.0
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@pytest.fixture(scope="module")
+def jpm_2019_2021(sp500_closes):
+    return sp500_closes["JPM"].loc["2019":"2021"].pct_change().dropna().to_numpy()
+
+
+def test_bootstrap_intervals_are_the_ones_evaluate_always_reported(jpm_2019_2021):
+    """Pinned from the copy that lived in quantorch/evaluation.py before it moved here: the
+    same draws, the same statistic, the same bits."""
+    r = jpm_2019_2021
+    assert len(r) == 756
+
+    def evaluate_sharpe(x):
+        return sharpe_ratio(x, noise_floor=0.0)
+
+    assert stationary_block_bootstrap(r, evaluate_sharpe) == (
+        -0.33118204860215816,
+        1.8543197842131858,
+    )
+    assert stationary_block_bootstrap(r, cagr_from_returns) == (
+        -0.20293299670344334,
+        0.6495562349606905,
+    )
+    assert stationary_block_bootstrap(r, evaluate_sharpe, block=5, resamples=300, seed=7) == (
+        -0.22304524867147216,
+        1.7598252274576078,
+    )
+    from quantorch import evaluation
+
+    assert evaluation.block_bootstrap(r, evaluation._sharpe, seed=0) == (
+        stationary_block_bootstrap(r, evaluate_sharpe, seed=0)
+    )
+    assert evaluation._cagr(r) == cagr_from_returns(r) and evaluation._sharpe(r) == sharpe_ratio(r)
+
+
+def test_bootstrap_resamples_are_wrapped_blocks_of_the_mean_length():
+    n, block = 500, 21
+    lengths = []
+    for idx in stationary_bootstrap_indices(n, block=block, resamples=200, seed=3):
+        assert idx.shape == (n,) and idx.min() >= 0 and idx.max() < n
+        steps = np.diff(idx) % n  # inside a block each day is the next one (wrapping around)
+        breaks = np.flatnonzero(steps != 1)
+        lengths.extend(np.diff(np.concatenate(([-1], breaks, [n - 1]))).tolist())
+    assert np.mean(lengths) == pytest.approx(block, rel=0.15)
+    first = list(stationary_bootstrap_indices(50, resamples=3, seed=9))
+    again = list(stationary_bootstrap_indices(50, resamples=3, seed=9))
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
+    with pytest.raises(ValueError, match="block"):
+        next(stationary_bootstrap_indices(50, block=0.5))
+
+
+def test_bootstrap_degenerate_inputs():
+    assert all(math.isnan(v) for v in stationary_block_bootstrap(np.array([0.01]), sharpe_ratio))
+    flat = np.zeros(100)
+    assert all(math.isnan(v) for v in stationary_block_bootstrap(flat, sharpe_ratio))
+
+
+def test_paired_bootstrap_resamples_both_series_on_the_same_days(jpm_2019_2021, sp500_closes):
+    r = jpm_2019_2021
+    market = sp500_closes.loc["2019":"2021"].pct_change().dropna().mean(axis=1).to_numpy()
+
+    def sharpe_difference(a, b):
+        return sharpe_ratio(a) - sharpe_ratio(b)
+
+    paired = paired_block_bootstrap(r, market, sharpe_difference, seed=0)
+    stacked = stationary_block_bootstrap(
+        np.column_stack([r, market]), lambda x: sharpe_difference(x[:, 0], x[:, 1]), seed=0
+    )
+    assert paired == stacked
+    assert paired_block_bootstrap(r, r, sharpe_difference) == (0.0, 0.0)
+    # Independent resamples lose the correlation of the two (0.8 for a bank and its market)
+    # and give a much wider interval for the difference.
+    independent = np.array(
+        [
+            sharpe_difference(r[i], market[j])
+            for i, j in zip(
+                stationary_bootstrap_indices(len(r), seed=1),
+                stationary_bootstrap_indices(len(r), seed=2),
+                strict=True,
+            )
+        ]
+    )
+    wide = np.quantile(independent, 0.975) - np.quantile(independent, 0.025)
+    assert paired[1] - paired[0] < 0.6 * wide
+    with pytest.raises(ValueError, match="align them"):
+        paired_block_bootstrap(r, market[:-1], sharpe_difference)

@@ -1,8 +1,14 @@
-"""Risk measures on real returns against independent computations; the GARCH refit rule."""
+"""Risk measures on real returns against independent computations; the GARCH refit rule.
+
+Realised volatility, downside deviation and drawdown are the measures module's
+(:mod:`quantorch.backtest.metrics`), on the tool's (sessions x tickers) arrays.
+"""
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,16 +17,14 @@ from quantorch.tools.risk import (
     ANNUAL,
     SPEC,
     beta_correlation,
-    downside_deviation,
-    drawdown,
     ewma_volatility,
     garch_volatility,
     historical_var_cvar,
     quarter_end_sessions,
-    realised_volatility,
 )
 from skfolio.measures import value_at_risk
 
+from quantorch.backtest.metrics import drawdown, rolling_downside_deviation, rolling_volatility
 from quantorch.toolkit.runner import ToolRunner
 from quantorch.toolkit.spec import MarketData, ToolRequest
 from tests._tool_data import stock_market, window
@@ -35,7 +39,7 @@ def returns() -> pd.DataFrame:
 
 
 def test_realised_volatility_is_the_annualised_sample_sd(returns):
-    vol = realised_volatility(returns.to_numpy(), 63)
+    vol = rolling_volatility(returns.to_numpy(), 63)
     for row in (62, 500, len(returns) - 1):
         expected = returns.iloc[row - 62 : row + 1].std(ddof=1).to_numpy() * math.sqrt(252)
         np.testing.assert_allclose(vol[row], expected, rtol=1e-10)
@@ -95,8 +99,35 @@ def test_beta_and_correlation_match_numpy(returns):
 
 def test_downside_deviation(returns):
     r = returns["AAPL"].to_numpy()
-    got = downside_deviation(r[:, None], 63)[-1, 0]
+    got = rolling_downside_deviation(r[:, None], 63)[-1, 0]
     assert got == pytest.approx(math.sqrt(np.mean(np.minimum(r[-63:], 0) ** 2)) * ANNUAL, rel=1e-10)
+
+
+def test_the_tool_takes_volatility_downside_and_drawdown_from_the_measures_module():
+    """One measures module: the risk tool defines no volatility, downside deviation or
+    drawdown of its own, and its panel columns are the measures module's, bit for bit."""
+    from quantorch.tools import risk
+
+    tree = ast.parse(Path(risk.__file__).read_text())
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert not defined & {"realised_volatility", "downside_deviation", "drawdown", "sharpe_ratio"}
+    data = window(stock_market(), "2006-01-01", "2012-12-31", ["AAPL", "BAC", "RRC"])
+    close = data.prices.close.copy()
+    close.iloc[300:310, 1] = np.nan  # a gap: windows holding it are NaN, the peak carries over
+    data = MarketData(prices=type(data.prices).from_close(close), benchmark=data.benchmark)
+    tickers = list(close.columns)
+    frames = RUNNER.panel("risk", "fast", data, tickers, data.prices.dates, on_error="raise")
+    returns = close.pct_change(fill_method=None).to_numpy()
+    expected = {
+        "vol21": rolling_volatility(returns, 21),
+        "vol252": rolling_volatility(returns, 252),
+        "downside_dev63": rolling_downside_deviation(returns, 63),
+        "drawdown": drawdown(close.to_numpy()),
+    }
+    for name, values in expected.items():
+        np.testing.assert_array_equal(frames[name].to_numpy(), values, err_msg=name)
+    assert np.isnan(frames["drawdown"].to_numpy()[300:310, 1]).all()
+    assert np.isfinite(frames["drawdown"].to_numpy()[310:, 1]).all()
 
 
 def test_quarter_end_sessions_come_from_the_exchange_calendar():
