@@ -11,6 +11,11 @@ Run ``python benchmarks/orchestrator_speed.py [--skip-train] [--skip-backtest]``
    seed), in a subprocess on a fresh database, wall time. Target <= 10 minutes on 2 cores.
 3. ``quantorch backtest --start 2020`` end to end with the trained policy, in a subprocess on a
    database that already holds the prices (warm caches: second run). Target <= 30 s.
+4. With ``--baseline REF`` (a git commit, e.g. the one before the decision kernel): the same
+   backtest run by that commit's code, installed in a temporary folder, alternating with this
+   code, median of ``--repeats`` runs each, as a ratio. Target: this code <= 1.10x the baseline.
+5. ``--tool-calls live`` (real calls through the tool runner, on a database whose tool cache is
+   empty, then warm) against the panel path, as a ratio. Target <= 3x.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ def env_throughput(seconds: float = 5.0, n_envs: int = 1024) -> float:
     from quantorch.data.service import ensure_prices
     from quantorch.orchestrator.env import BatchedDecisionEnv
     from quantorch.orchestrator.profiles import list_profiles, load_profile
+    from quantorch.orchestrator.slots import resolve_slots
     from quantorch.store import Store
-    from quantorch.training.data import market_for, period_dataset, resolve_slots
+    from quantorch.training.data import market_for, period_dataset
 
     config = load_config()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,10 +76,49 @@ def _run(args: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess
     return time.perf_counter() - started, proc
 
 
+_BASELINE_SHIM = """
+import sys
+# run an installed baseline, not this checkout (an editable install maps quantorch here)
+sys.meta_path = [f for f in sys.meta_path if "editable" not in (type(f).__module__ or "")]
+sys.path.insert(0, sys.argv.pop(1))
+from quantorch.cli.main import app
+app(sys.argv[1:], standalone_mode=False)
+"""
+
+
+def install_baseline(ref: str, folder: Path) -> Path:
+    """``ref``'s code, installed (without dependencies) into ``folder``/site."""
+    tree = folder / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", "--detach", str(tree), ref],
+                   check=True, capture_output=True)
+    site = folder / "site"
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(site), str(tree)], check=True, capture_output=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True)
+    return site
+
+
+def _median_time(command: list[str], env: dict, repeats: int) -> tuple[float, bool]:
+    times, ok = [], True
+    for _ in range(repeats):
+        seconds, proc = _run(command, env)
+        ok = ok and proc.returncode == 0
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:])
+        times.append(seconds)
+    return float(np.median(times)), ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-backtest", action="store_true")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="git commit to time the same backtest against (item 4)")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     rate = env_throughput()
@@ -90,13 +135,39 @@ def main() -> None:
             if not ok:
                 print(proc.stderr[-2000:])
         if not args.skip_backtest:
-            _run([*quantorch, "backtest", "--start", "2020", "--json"], env)  # cold: loads data
-            seconds, proc = _run([*quantorch, "backtest", "--start", "2020", "--json"], env)
+            backtest = ["backtest", "--start", "2020", "--json"]
+            _run([*quantorch, *backtest], env)  # cold: loads data
+            seconds, proc = _run([*quantorch, *backtest], env)
             ok = proc.returncode == 0
             rows.append(("quantorch backtest --start 2020 (policy, warm)", f"{seconds:,.1f} s" if ok else "failed",
                          "<= 30 s", ok and seconds <= 30))
             if not ok:
                 print(proc.stderr[-2000:])
+            if args.baseline:
+                site = install_baseline(args.baseline, Path(tmp) / "baseline")
+                shim = [sys.executable, "-c", _BASELINE_SHIM, str(site)]
+                base_db = {**env, "QUANTORCH_DB": str(Path(tmp) / "baseline.duckdb")}
+                _run([*shim, *backtest], base_db)  # its own database, prices loaded
+                new_times, old_times = [], []
+                for _ in range(args.repeats):  # alternate, so load on the machine hits both
+                    new_times.append(_run([*quantorch, *backtest], env)[0])
+                    old_times.append(_run([*shim, *backtest], base_db)[0])
+                new, old = float(np.median(new_times)), float(np.median(old_times))
+                rows.append((f"backtest: this code / {args.baseline[:10]}",
+                             f"{new:.1f} / {old:.1f} s = {new / old:.2f}x", "<= 1.10x",
+                             new / old <= 1.10))
+            panel, ok_panel = _median_time([*quantorch, *backtest], env, args.repeats)
+            cold_env = {**env, "QUANTORCH_DB": str(Path(tmp) / "cold.duckdb")}
+            _run([*quantorch, "data", "fetch"], cold_env)
+            live = [*quantorch, *backtest, "--tool-calls", "live"]
+            cold, ok_cold = _median_time(live, cold_env, 1)  # the first: an empty tool cache
+            warm, ok_warm = _median_time(live, cold_env, args.repeats)
+            rows.append(("--tool-calls live, empty cache / panel",
+                         f"{cold:.1f} / {panel:.1f} s = {cold / panel:.2f}x", "<= 3x",
+                         ok_panel and ok_cold and cold / panel <= 3))
+            rows.append(("--tool-calls live, warm cache / panel",
+                         f"{warm:.1f} / {panel:.1f} s = {warm / panel:.2f}x", "<= 3x",
+                         ok_panel and ok_warm and warm / panel <= 3))
 
     print(f"\n{'measure':<48} {'value':>16} {'target':>10}  result")
     for name, value, target, passed in rows:

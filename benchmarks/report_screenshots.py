@@ -133,9 +133,10 @@ def backtest_page(out: Path, store) -> Path:
 
 def evaluate_page(out: Path, store) -> Path:
     """The evaluate report: ``quantorch evaluate``'s backtests and rows, nothing stored."""
-    from quantorch.backtest.runner import ORCHESTRATOR, simulate_config
+    from quantorch.backtest.runner import simulate_config
+    from quantorch.config import ORCHESTRATOR
     from quantorch.evaluation import Evaluation, _row, check_targets, write_evaluation_report
-    from quantorch.orchestrator.factory import build_orchestrator_strategy, load_policies
+    from quantorch.kernel.factory import build_participant, load_policies
     from quantorch.orchestrator.orchestrators import ORCHESTRATORS
     from quantorch.orchestrator.profiles import load_profile
 
@@ -151,15 +152,11 @@ def evaluate_page(out: Path, store) -> Path:
             runs = []
             for k in range(n):
                 cfg = config.with_overrides({
-                    "backtest.strategy": ORCHESTRATOR,
-                    "orchestrator.name": name,
-                    "orchestrator.profile": str(profile.name),
+                    "backtest.strategy": ORCHESTRATOR, "orchestrator.name": name,
                 })  # fmt: skip
-                strategy = build_orchestrator_strategy(
-                    cfg, store, seed=config.seed + k, policies=policies, cache=cache
-                )
-                strategy.profile = profile
-                runs.append(simulate_config(cfg, store, strategy=strategy))
+                participant = build_participant(cfg, store, seed=config.seed + k,
+                                                policies=policies, cache=cache, profile=profile)
+                runs.append(simulate_config(cfg, store, participant=participant))
             row = _row(name, profile, runs, config.seed)
             if n == 1:
                 row.seeds = seeds

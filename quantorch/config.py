@@ -28,6 +28,7 @@ from pydantic import (
 from quantorch.errors import ConfigError
 
 __all__ = [
+    "ORCHESTRATOR",
     "CostConfig",
     "DataConfig",
     "BacktestConfig",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 DB_ENV_VAR = "QUANTORCH_DB"
+#: ``backtest.strategy`` value that runs the configured orchestrator (any other value names a
+#: rule strategy).
+ORCHESTRATOR = "orchestrator"
 #: The benchmark named in a config, as each source spells it.
 _BENCHMARK_ALIASES = {("yfinance", "SP500"): "^GSPC"}
 Rebalance = Literal["daily", "weekly", "monthly"]
@@ -71,8 +75,13 @@ class DataConfig(_Strict):
 class BacktestConfig(_Strict):
     """How a backtest trades."""
 
-    strategy: str = "orchestrator"
+    strategy: str = ORCHESTRATOR
     rebalance: Rebalance = "weekly"
+    tool_calls: Literal["panel", "live"] = Field(
+        "panel",
+        description="how an orchestrator's tool calls are answered: whole-period panels "
+        "(fast) or real calls through the tool runner at each decision time (cached)",
+    )
     initial_cash: float = Field(1_000_000.0, gt=0)
     start: dt.date | None = None
     end: dt.date | None = None

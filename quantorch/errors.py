@@ -26,6 +26,7 @@ __all__ = [
     "StorageError",
     "PluginError",
     "closest",
+    "did_you_mean",
 ]
 
 
@@ -86,3 +87,9 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     pool = {c.upper(): c for c in candidates}
     match = difflib.get_close_matches(name.upper(), list(pool), n=1, cutoff=0.6)
     return pool[match[0]] if match else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``" (did you mean AAPL?)"`` for the closest candidate, or ``""`` when none is close."""
+    hint = closest(name, candidates)
+    return f" (did you mean {hint}?)" if hint else ""

@@ -26,14 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantorch.backtest import metrics
 from quantorch.backtest.metrics import performance_metrics
 from quantorch.backtest.report import remove_stale_partials
-from quantorch.backtest.runner import ORCHESTRATOR, Simulated, simulate_config
-from quantorch.config import QuantorchConfig
+from quantorch.backtest.runner import Simulated, simulate_config
+from quantorch.config import ORCHESTRATOR, QuantorchConfig
+from quantorch.evaluation_report import write_evaluation_report
 from quantorch.orchestrator import ORCHESTRATORS
 from quantorch.orchestrator.profiles import TraderProfile
 from quantorch.progress import SILENT, Progress
-from quantorch.store import Store, code_version
+from quantorch.store import Store, code_version, repository
 
 __all__ = [
     "BASELINE_STRATEGIES",
@@ -115,39 +117,25 @@ def block_bootstrap(
     resamples: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """95% interval of ``statistic`` under a stationary block bootstrap (Politis-Romano)."""
-    returns = np.asarray(returns, dtype=np.float64)
-    n = len(returns)
-    if n < 2:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    p = 1.0 / block
-    values = np.empty(resamples)
-    for b in range(resamples):
-        starts = rng.integers(n, size=n)
-        new_block = rng.random(n) < p
-        new_block[0] = True
-        # index = start of the current block + offset, wrapping around
-        block_id = np.cumsum(new_block) - 1
-        first_pos = np.flatnonzero(new_block)
-        offset = np.arange(n) - first_pos[block_id]
-        idx = (starts[first_pos][block_id] + offset) % n
-        values[b] = statistic(returns[idx])
-    finite = values[np.isfinite(values)]
-    if len(finite) == 0:
-        return (float("nan"), float("nan"))
-    return (float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975)))
+    """95% interval of ``statistic`` under a stationary block bootstrap (Politis-Romano).
+
+    The bootstrap lives in the measures module: see
+    :func:`quantorch.backtest.metrics.stationary_block_bootstrap` (and
+    :func:`~quantorch.backtest.metrics.paired_block_bootstrap` for two series on the same days).
+    """
+    return metrics.stationary_block_bootstrap(
+        returns, statistic, block=block, resamples=resamples, seed=seed
+    )
 
 
 def _sharpe(returns: np.ndarray) -> float:
-    sd = returns.std(ddof=1)
-    return float(returns.mean() / sd * math.sqrt(252)) if sd > 0 else float("nan")
+    """Sharpe ratio of a resample; evaluate's convention: only a zero deviation gives NaN."""
+    return metrics.sharpe_ratio(returns, 252, noise_floor=0.0)
 
 
 def _cagr(returns: np.ndarray) -> float:
-    growth = float(np.prod(1 + returns))
-    years = len(returns) / 252
-    return growth ** (1 / years) - 1 if growth > 0 and years > 0 else float("nan")
+    """CAGR of a resample; evaluate's convention: years = number of sessions / 252."""
+    return metrics.cagr_from_returns(returns, 252)
 
 
 def _preference_adherence(decisions: pd.DataFrame | None, profile: TraderProfile) -> float | None:
@@ -264,8 +252,8 @@ def evaluate(
 ) -> Evaluation:
     """Backtest each orchestrator (and rule baseline) under each profile; store one
     ``evaluate`` run."""
-    from quantorch.orchestrator.factory import build_orchestrator_strategy, load_policies
-    from quantorch.strategies import get_strategy
+    # deferred: the kernel imports torch (seconds); `quantorch evaluate` checks names first
+    from quantorch.kernel.factory import build_participant, load_policies
 
     policies = load_policies(config, need_all_tools="all-tools" in orchestrators)
     cache: dict = {}  # tool panels and datasets, computed once per checkpoint
@@ -282,18 +270,13 @@ def evaluate(
         )
         if name in BASELINE_STRATEGIES:
             cfg = config.with_overrides({"backtest.strategy": name})
-            strategy = get_strategy(name, config.strategies.get(name))
         else:
-            cfg = config.with_overrides({
-                "backtest.strategy": ORCHESTRATOR,
-                "orchestrator.name": name,
-                "orchestrator.profile": str(profile.name),
-            })
-            strategy = build_orchestrator_strategy(
-                cfg, store, seed=config.seed + k, policies=policies, cache=cache
-            )
-            strategy.profile = profile
-        sim = simulate_config(cfg, store, strategy=strategy, progress=progress)
+            cfg = config.with_overrides({"backtest.strategy": ORCHESTRATOR,
+                                         "orchestrator.name": name})
+        # the profile object itself: a profile file need not be a shipped name
+        participant = build_participant(cfg, store, seed=config.seed + k, policies=policies,
+                                        cache=cache, profile=profile)
+        sim = simulate_config(cfg, store, participant=participant, progress=progress)
         runs_by_pair.setdefault((profile.name, name), []).append(sim)
         if len(runs_by_pair[(profile.name, name)]) < n:
             continue
@@ -322,40 +305,22 @@ def evaluate(
     return evaluation
 
 
-def write_evaluation_report(evaluation: Evaluation, folder: Path) -> Path:
-    """The evaluate page; see :func:`quantorch.evaluation_report.write_evaluation_report`."""
-    from quantorch.evaluation_report import write_evaluation_report as write
-
-    return write(evaluation, folder)
 
 
 def _store(
     store: Store, config: QuantorchConfig, evaluation: Evaluation, profiles, report_path: Path
 ) -> None:
     payload = evaluation.to_json()
+    config_json = {**json.loads(config.model_dump_json()), "profiles": [p.name for p in profiles]}
+    run = repository.RunRecord(
+        run_id=evaluation.run_id, kind="evaluate",
+        strategy=",".join(sorted({r.orchestrator for r in evaluation.rows})),
+        source=config.data.source, universe=tuple(config.universe), benchmark=config.benchmark,
+        start_date=evaluation.start, end_date=evaluation.end, rebalance=config.backtest.rebalance,
+        seed=config.seed, config_hash=config.config_hash(), config=json.dumps(config_json),
+        code_version=code_version(),
+        metrics={"results": payload["results"], "targets": payload["targets"]},
+        report_path=str(report_path),
+    )
     with store.transaction() as con:
-        con.execute(
-            """
-            INSERT INTO runs (run_id, kind, created_at, strategy, source, universe, benchmark,
-                              start_date, end_date, rebalance, seed, config_hash, config,
-                              code_version, metrics, report_path)
-            VALUES (?, 'evaluate', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            [
-                evaluation.run_id,
-                dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                ",".join(sorted({r.orchestrator for r in evaluation.rows})),
-                config.data.source,
-                list(config.universe),
-                config.benchmark,
-                evaluation.start,
-                evaluation.end,
-                config.backtest.rebalance,
-                config.seed,
-                config.config_hash(),
-                json.dumps({**json.loads(config.model_dump_json()), "profiles": [p.name for p in profiles]}),
-                code_version(),
-                json.dumps({"results": payload["results"], "targets": payload["targets"]}),
-                str(report_path),
-            ],
-        )
+        repository.insert_run(con, run)

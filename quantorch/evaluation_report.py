@@ -25,6 +25,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from quantorch.backtest.report import write_page
+from quantorch.store import code_version
 
 if TYPE_CHECKING:
     from quantorch.evaluation import Evaluation, EvaluationRow
@@ -81,8 +82,6 @@ def write_evaluation_report(evaluation: Evaluation, folder: Path) -> Path:
     folder
         Report folder; created if missing, and receives the shared plotly.js.
     """
-    from quantorch.store import code_version
-
     rows = list(evaluation.rows)
     profiles = list(dict.fromkeys(r.profile for r in rows))
     orchestrators = list(dict.fromkeys(r.orchestrator for r in rows))

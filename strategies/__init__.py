@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from quantorch.strategies.base import Strategy, StrategyClass, StrategyParams
 
-from quantorch.errors import PluginError, UserInputError, closest
+from quantorch.errors import PluginError, UserInputError, did_you_mean
 
 __all__ = [
     "Strategy",
@@ -69,8 +69,7 @@ def strategy_class(name: str) -> StrategyClass:
     if key in registry:
         return registry[key]
     names = sorted(registry)
-    guess = closest(key, names)
-    hint = f" (did you mean {guess}?)" if guess else ""
+    hint = did_you_mean(key, names)
     raise UserInputError(f"unknown strategy '{name}'{hint}; available: {', '.join(names)}")
 
 
@@ -97,8 +96,7 @@ def _describe(cls: StrategyClass, exc: ValidationError) -> str:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        guess = closest(field, list(fields))
-        hint = f" (did you mean {guess}?)" if guess else ""
+        hint = did_you_mean(field, list(fields))
         return (
             f"strategy '{cls.name}': unknown parameter '{field}'{hint}; valid parameters: {valid}"
         )

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from quantorch.data.calendar import decision_times
 from quantorch.errors import ConfigError, UserInputError
 from quantorch.redact import redact, redact_url, register_secret, url_credential_secrets
 from quantorch.toolkit.base import PanelTool
@@ -67,7 +68,6 @@ from quantorch.toolkit.spec import (
 )
 
 LOOKBACK = pd.Timedelta(days=3)
-DECISION_TIME = dt.time(16, 0)
 MAX_ITEMS = 30
 
 _BASE_OUTPUTS = ("sentiment_score", "news_count", "positive_share", "negative_share")
@@ -157,12 +157,6 @@ SPEC = ToolSpec(
     ),
     default_provider="lexicon",
 )
-
-
-def decision_times_utc(dates: pd.DatetimeIndex) -> pd.DatetimeIndex:
-    """The close (16:00 New York) of each session, as naive UTC timestamps."""
-    local = pd.DatetimeIndex(dates).normalize() + pd.Timedelta(hours=DECISION_TIME.hour)
-    return local.tz_localize("America/New_York").tz_convert("UTC").tz_localize(None)
 
 
 def _naive_utc(ts: pd.Timestamp | dt.datetime) -> pd.Timestamp:
@@ -665,12 +659,17 @@ class StorePromptCache:
         return json.loads(payload) if isinstance(payload, str) else payload
 
     def put(self, key: str, payload: dict) -> None:
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        from quantorch.store import repository
+
+        entry = pd.DataFrame([{
+            "cache_key": key,
+            "tool": self.tool,
+            "provider": self.provider,
+            "payload": json.dumps(payload),
+            "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        }])
         with self.store.transaction() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO tool_cache VALUES (?, ?, ?, ?, ?)",
-                [key, self.tool, self.provider, json.dumps(payload), now],
-            )
+            repository.put_tool_cache(con, entry, replace=True)
 
 
 def prompt_cache_key(body: dict[str, Any]) -> str:
@@ -795,7 +794,7 @@ class SentimentTool(PanelTool):
         if provider.name == "llm":
             return self._llm_series(data, provider, list(tickers), dates)
         return self._windows(
-            data, provider, list(tickers), dates, decision_times_utc(dates), LOOKBACK
+            data, provider, list(tickers), dates, decision_times(dates), LOOKBACK
         )
 
     def series(
@@ -804,7 +803,7 @@ class SentimentTool(PanelTool):
         dates = data.prices.dates
         if provider.name == "llm":
             return self._llm_series(data, provider, tickers, dates)
-        return self._windows(data, provider, tickers, dates, decision_times_utc(dates), LOOKBACK)
+        return self._windows(data, provider, tickers, dates, decision_times(dates), LOOKBACK)
 
     def _item_scores(self, provider: ProviderSpec, texts: pd.Series) -> np.ndarray:
         if len(texts) == 0:
@@ -846,7 +845,7 @@ class SentimentTool(PanelTool):
         """One LLM call per (session, ticker) with news (cached); not vectorised."""
         names = self.spec.provider_outputs(provider.name)
         values = {name: np.zeros((len(dates), len(tickers))) for name in names}
-        for i, when in enumerate(decision_times_utc(dates)):
+        for i, when in enumerate(decision_times(dates)):
             for j, ticker in enumerate(tickers):
                 request = ToolRequest(
                     tool=self.spec.name,
@@ -860,6 +859,12 @@ class SentimentTool(PanelTool):
         return {name: pd.DataFrame(v, index=dates, columns=tickers) for name, v in values.items()}
 
     # -- single calls --
+    #: news windows and LLM prompts are per ticker (an LLM call each): no batching
+    batches = False
+
+    def run_batch(self, requests, data: MarketData, provider: ProviderSpec) -> list[ToolResult]:
+        return [self.run(request, data, provider) for request in requests]
+
     def run(self, request: ToolRequest, data: MarketData, provider: ProviderSpec) -> ToolResult:
         started = time.perf_counter()
         asof = _naive_utc(request.asof)
@@ -1135,7 +1140,6 @@ __all__ = [
     "SentimentTool",
     "StorePromptCache",
     "build_messages",
-    "decision_times_utc",
     "item_embedding_scores",
     "item_polarity",
     "looks_like_injection",

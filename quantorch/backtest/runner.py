@@ -16,18 +16,19 @@ the same engine and costs, a total-return comparison when prices are adjusted.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from quantorch.backtest.engine import Costs, SimulationResult, simulate
+from quantorch.backtest.driver import check_agreement, walk
+from quantorch.backtest.engine import Costs, SimulationResult, simulate, simulate_orders
 from quantorch.backtest.metrics import performance_metrics
 from quantorch.backtest.report import Comparison, ReportData, remove_stale_partials, write_report
-from quantorch.config import QuantorchConfig
+from quantorch.config import ORCHESTRATOR, QuantorchConfig
 from quantorch.data import calendar
 from quantorch.data.panel import PricePanel
 from quantorch.data.providers import benchmark_label, get_provider
@@ -39,14 +40,18 @@ from quantorch.data.service import (
     stored_coverage,
 )
 from quantorch.errors import DateRangeError, QuantorchError, UserInputError
+from quantorch.orchestrator import check_orchestrator_name
+from quantorch.orchestrator.profiles import load_profile
 from quantorch.progress import SILENT, Progress
-from quantorch.store import Store, code_version
-from quantorch.strategies import Strategy, get_strategy
+from quantorch.store import Store, code_version, repository
+from quantorch.strategies import get_strategy
+
+if TYPE_CHECKING:
+    from quantorch.kernel.participants import Participant
 
 __all__ = [
     "BacktestOutcome",
     "Simulated",
-    "build_strategy",
     "check_names",
     "equal_weight_label",
     "report_data",
@@ -56,8 +61,12 @@ __all__ = [
     "tool_usage",
 ]
 
-#: ``backtest.strategy`` value that runs the configured orchestrator.
-ORCHESTRATOR = "orchestrator"
+#: Columns of the tool-call rows a run stores (``decision_step``'s rows).
+_TOOL_CALL_FIELDS = (
+    "tool", "provider", "ticker", "as_of", "arguments", "outputs", "summary", "coverage",
+    "cost_usd", "latency_ms", "cache_hit", "error", "input_tokens", "output_tokens",
+    "decision_id", "executor",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,7 @@ def equal_weight_label(n_tickers: int) -> str:
     """How the equal-weight comparison is labelled everywhere it is shown."""
     return (
         f"Equal-weight buy-and-hold of the {n_tickers} stock{'s' if n_tickers != 1 else ''} "
-        "(same prices and costs)"
+        "(same prices and costs, no RiskGuard)"
     )
 
 
@@ -139,7 +148,7 @@ def simulate_config(
     config: QuantorchConfig,
     store: Store,
     *,
-    strategy: Strategy | None = None,
+    participant: Participant | None = None,
     progress: Progress = SILENT,
 ) -> Simulated:
     """Load data, run the strategy and the engine, compute metrics; store nothing."""
@@ -150,15 +159,20 @@ def simulate_config(
     tickers = list(config.universe)
     wanted = tickers + ([benchmark] if benchmark and benchmark not in tickers else [])
 
-    if strategy is None:
+    if participant is None:
         check_names(config)  # about a second: before any heavy import or data load
     provider = get_provider(source)
     available = provider.available() if provider is not None else stored_coverage(store, source)
     if available is not None:
         check_known_tickers(wanted, list(available), source)
     start, end = resolve_window(available, tickers, config.backtest.start, config.backtest.end, source)
-    strategy = strategy or build_strategy(config, store)
-    data_start = calendar.shift_sessions(start, -strategy.warmup_sessions).date()
+    if participant is None:
+        # deferred: the kernel imports torch and gymnasium (seconds); the cheap checks above
+        # must answer a typo before that
+        from quantorch.kernel.factory import build_participant
+
+        participant = build_participant(config, store)
+    data_start = calendar.shift_sessions(start, -participant.warmup_sessions).date()
 
     progress.phase("loading prices")
     ensure_prices(store, source, wanted, data_start, end, provider=provider,
@@ -168,20 +182,23 @@ def simulate_config(
     if len(decision_dates) == 0:
         raise DateRangeError(f"no trading session between {start} and {end}; widen the dates")
 
-    if hasattr(strategy, "progress"):  # orchestrators report their tool panels and decisions
-        strategy.progress = progress
-    progress.phase(f"{strategy.name}: target weights for {len(decision_dates)} decision dates")
-    weights = strategy.target_weights(panel, decision_dates)
-    trading = _from(panel, start)
-    progress.phase(f"simulating {len(trading.dates)} sessions x {len(tickers)} tickers")
     costs = Costs(fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps)
-    result = simulate(trading, weights, costs, config.backtest.initial_cash)
+    participant.prepare(panel, decision_dates, progress)
+    trading = _from(panel, start)
+    try:
+        walked = walk(trading, decision_dates, participant.step, costs,
+                      config.backtest.initial_cash, progress)
+    finally:
+        participant.close()
+    progress.phase(f"recording {len(trading.dates)} sessions x {len(tickers)} tickers (vectorbt)")
+    result = simulate_orders(trading, walked.orders, costs, config.backtest.initial_cash)
+    check_agreement(walked.equity, result.equity)
     equity = result.equity
     metrics = _clean(performance_metrics(equity, result.fills, result.gross_exposure))
-    log = getattr(strategy, "log", None)
-    decisions, tool_calls = log.frames() if log is not None else (None, None)
-    tools = None
-    if decisions is not None:
+    decisions = tool_calls = tools = None
+    if walked.decisions:
+        decisions = pd.DataFrame(walked.decisions)
+        tool_calls = pd.DataFrame(walked.tool_calls, columns=_TOOL_CALL_FIELDS)
         tools = tool_usage(decisions, tool_calls, result.fills, equity)
 
     hold = get_strategy("buy-and-hold").target_weights(trading, decision_dates[:1])
@@ -199,7 +216,7 @@ def simulate_config(
             bench_equity = bench_close / bench_close.iloc[0] * config.backtest.initial_cash
             bench_metrics = _clean(performance_metrics(bench_equity))
     return Simulated(
-        strategy_name=strategy.name,
+        strategy_name=participant.name,
         start=equity.index[0].date(),
         end=equity.index[-1].date(),
         result=result,
@@ -337,9 +354,6 @@ def check_names(config: QuantorchConfig) -> None:
     if name != ORCHESTRATOR:
         get_strategy(name, config.strategies.get(name))
         return
-    from quantorch.orchestrator import check_orchestrator_name
-    from quantorch.orchestrator.profiles import load_profile
-
     check_orchestrator_name(config.orchestrator.name)
     load_profile(config.orchestrator.profile)
     for flag, path in (("--checkpoint", config.orchestrator.checkpoint),
@@ -348,16 +362,6 @@ def check_names(config: QuantorchConfig) -> None:
             raise UserInputError(
                 f"{flag} {path}: no such file (pass a checkpoint written by `quantorch train --out`)"
             )
-
-
-def build_strategy(config: QuantorchConfig, store: Store) -> Strategy:
-    """The configured strategy: an orchestrator (default) or a classic rule strategy."""
-    name = config.backtest.strategy
-    if name == ORCHESTRATOR:
-        from quantorch.orchestrator.factory import build_orchestrator_strategy
-
-        return build_orchestrator_strategy(config, store)
-    return get_strategy(name, config.strategies.get(name))
 
 
 def tool_usage(
@@ -455,72 +459,26 @@ def _store_run(
     fills = result.fills.reset_index(drop=True).copy()
     fills.insert(0, "fill_id", range(len(fills)))
     fills.insert(0, "run_id", run_id)
+    decisions, tool_calls = sim.decisions, sim.tool_calls
+    run = repository.RunRecord(
+        run_id=run_id, kind="backtest", strategy=sim.strategy_name, source=config.data.source,
+        universe=tuple(config.universe), benchmark=sim.benchmark,
+        benchmark_label=sim.benchmark_label, start_date=sim.start, end_date=sim.end,
+        rebalance=config.backtest.rebalance, seed=config.seed, config_hash=config.config_hash(),
+        config=config.model_dump_json(), code_version=code_version(), metrics=sim.metrics,
+        benchmark_metrics=sim.bench_metrics, equal_weight_metrics=sim.equal_weight_metrics,
+        report_path=str(report_path),
+    )
     with store.transaction() as con:
-        con.execute(
-            """
-            INSERT INTO runs (run_id, kind, created_at, strategy, source, universe, benchmark,
-                              benchmark_label, start_date, end_date, rebalance, seed, config_hash,
-                              config, code_version, metrics, benchmark_metrics,
-                              equal_weight_metrics, report_path)
-            VALUES (?, 'backtest', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            [
-                run_id,
-                dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                sim.strategy_name,
-                config.data.source,
-                list(config.universe),
-                sim.benchmark,
-                sim.benchmark_label,
-                sim.start,
-                sim.end,
-                config.backtest.rebalance,
-                config.seed,
-                config.config_hash(),
-                config.model_dump_json(),
-                code_version(),
-                json.dumps(sim.metrics),
-                json.dumps(sim.bench_metrics) if sim.bench_metrics is not None else None,
-                json.dumps(sim.equal_weight_metrics)
-                if sim.equal_weight_metrics is not None else None,
-                str(report_path),
-            ],
-        )
-        con.register("_equity", equity)
-        con.execute(
-            "INSERT INTO equity (run_id, date, equity, cash, gross_exposure, benchmark_equity, "
-            "equal_weight_equity) SELECT run_id, date, equity, cash, gross_exposure, "
-            "benchmark_equity, equal_weight_equity FROM _equity"
-        )
-        con.unregister("_equity")
+        repository.insert_run(con, run)
+        repository.insert_equity(con, equity)
         if len(fills):
-            con.register("_fills", fills)
-            con.execute(
-                "INSERT INTO fills SELECT run_id, fill_id, CAST(decision_date AS DATE), "
-                "CAST(fill_date AS DATE), ticker, side, quantity, fill_price, notional, fees, "
-                "slippage_cost FROM _fills"
-            )
-            con.unregister("_fills")
-        decisions, tool_calls = sim.decisions, sim.tool_calls
+            repository.insert_fills(con, fills)
         if decisions is not None and len(decisions):
-            rows = decisions.drop(columns=["forward_return"], errors="ignore").copy()
-            rows.insert(0, "run_id", run_id)
-            con.register("_decisions", rows)
-            con.execute(
-                "INSERT INTO decisions SELECT run_id, decision_id, orchestrator, profile, ticker, "
-                "decision_date, fill_date, horizon, tools_called, n_calls, tool_cost_usd, "
-                "proposed_position, target_weight, guard_note, rationale, reward FROM _decisions"
-            )
-            con.unregister("_decisions")
+            repository.insert_decisions(con, decisions.assign(run_id=run_id))
         if tool_calls is not None and len(tool_calls):
             calls = tool_calls.copy()
             calls.insert(0, "run_id", run_id)
             calls.insert(0, "call_id", [f"{run_id}-{i}" for i in range(len(calls))])
             calls["created_at"] = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-            con.register("_calls", calls)
-            con.execute(
-                "INSERT INTO tool_calls SELECT call_id, run_id, tool, provider, ticker, as_of, "
-                "arguments, outputs, summary, coverage, cost_usd, latency_ms, cache_hit, error, "
-                "NULL, NULL, created_at FROM _calls"
-            )
-            con.unregister("_calls")
+            repository.insert_tool_calls(con, calls)

@@ -291,7 +291,35 @@ ProfileOpt = Annotated[
     Optional[str],
     typer.Option("--profile", metavar="NAME", show_default=False,
                  help="Trader profile: a shipped name (see `quantorch profile list`) or a YAML "
-                      "file [default: neutral]."),
+                      "file [default: neutral]. Its RiskGuard limits apply to orchestrators and "
+                      "rule strategies alike."),
+]
+
+ToolCallsOpt = Annotated[
+    Optional[str],
+    typer.Option("--tool-calls", metavar="HOW", show_default=False,
+                 help="How an orchestrator's tool calls are answered: panel (whole-period "
+                      "panels, fast; the default) or live (real calls through the tool runner "
+                      "at each decision time: asof cut, timeout, cache)."),
+]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="N", show_default=False,
+                                                help="Random seed [default: 42].")]
+OrchestratorOpt = Annotated[
+    Optional[str],
+    typer.Option("--orchestrator", metavar="NAME", show_default=False,
+                 help="Orchestrator that routes between the priced tools and decides: policy "
+                      "(the trained PPO router), all-tools, free-tools, technical-only, "
+                      "random [default: policy]."),
+]
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", metavar="FILE", show_default=False,
+                 help="Policy checkpoint from `quantorch train` [default: the shipped one]."),
+]
+OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option("--output", "-o", metavar="FILE", show_default=False,
+                 help="Write the result to this file (replaced atomically; never a database)."),
 ]
 
 DateFormatOpt = Annotated[
@@ -318,6 +346,7 @@ FLAGS = {
     "orchestrator.name": "--orchestrator",
     "orchestrator.profile": "--profile",
     "orchestrator.checkpoint": "--checkpoint",
+    "backtest.tool_calls": "--tool-calls",
     "training.train_start": "--train-start",
     "training.train_end": "--train-end",
     "training.val_start": "--val-start",

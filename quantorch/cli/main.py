@@ -19,16 +19,21 @@ from rich.table import Table
 from quantorch import __version__
 from quantorch.cli._common import (
     BarProgress,
+    CheckpointOpt,
     ConfigOpt,
     DateFormatOpt,
     DbOpt,
     DebugOpt,
     EndOpt,
     JsonOpt,
+    OrchestratorOpt,
+    OutputOpt,
     ProfileOpt,
+    SeedOpt,
     SourceOpt,
     StartOpt,
     TickersOpt,
+    ToolCallsOpt,
     error_line,
     guard,
     load,
@@ -111,19 +116,10 @@ def backtest(
     start: StartOpt = None,
     end: EndOpt = None,
     universe: TickersOpt = None,
-    orchestrator: Annotated[
-        Optional[str],
-        typer.Option("--orchestrator", metavar="NAME", show_default=False,
-                     help="Orchestrator that routes between the priced tools and decides: policy "
-                          "(the trained PPO router), all-tools, free-tools, technical-only, "
-                          "random [default: policy]."),
-    ] = None,
+    orchestrator: OrchestratorOpt = None,
     profile: ProfileOpt = None,
-    checkpoint: Annotated[
-        Optional[Path],
-        typer.Option("--checkpoint", metavar="FILE", show_default=False,
-                     help="Policy checkpoint from `quantorch train` [default: the shipped one]."),
-    ] = None,
+    checkpoint: CheckpointOpt = None,
+    tool_calls: ToolCallsOpt = None,
     strategy: Annotated[
         Optional[str],
         typer.Option("--strategy", metavar="NAME", show_default=False,
@@ -157,8 +153,7 @@ def backtest(
                                          "500 price index]. The equal-weight buy-and-hold of the "
                                          "universe is always shown beside it.")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", show_default=False,
-                                                help="Random seed [default: 42].")] = None,
+    seed: SeedOpt = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
@@ -175,15 +170,17 @@ def backtest(
     cautious-fundamental; quantorch backtest --start 2020 --strategy sma-cross --fee-bps 2
     """
     with guard(debug):
-        if strategy is not None and (orchestrator or profile or checkpoint):
+        if strategy is not None and (orchestrator or checkpoint or tool_calls):
             raise UserInputError(
-                "--strategy runs a rule strategy; --orchestrator, --profile and --checkpoint "
-                "are for orchestrators: pass one or the other"
+                "--strategy runs a rule strategy; --orchestrator, --checkpoint and --tool-calls "
+                "are for orchestrators: pass one or the other (--profile sets the RiskGuard "
+                "limits of either)"
             )
         overrides = {
             "orchestrator.name": orchestrator,
             "orchestrator.profile": profile,
             "orchestrator.checkpoint": checkpoint,
+            "backtest.tool_calls": tool_calls,
             "backtest.start": parse_date(start),
             "backtest.end": parse_date(end, is_end=True),
             "universe": parse_tickers(universe),
@@ -196,7 +193,7 @@ def backtest(
             "benchmark": benchmark,
             "seed": seed,
         }
-        if orchestrator or profile or checkpoint:
+        if orchestrator or checkpoint or tool_calls:
             overrides["backtest.strategy"] = "orchestrator"
         cfg = load(config, overrides)
         from quantorch.backtest.runner import run_backtest
@@ -264,12 +261,7 @@ def report(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID",
                                           help="A stored backtest run (`quantorch query "
                                                "\"SELECT run_id FROM v_runs\"` lists them).")],
-    output: Annotated[
-        Optional[Path],
-        typer.Option("--output", "-o", metavar="FILE", show_default=False,
-                     help="Where to write the HTML [default: backtests/RUN_ID.html, the path "
-                          "stored with the run]."),
-    ] = None,
+    output: OutputOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     debug: DebugOpt = False,

@@ -206,7 +206,7 @@ def tools_run(
 
 
 def _print_result(result: Any, spec: Any) -> None:
-    from quantorch.toolkit.runner import format_asof
+    from quantorch.data.calendar import format_asof
 
     table = Table(title=f"{result.tool}:{result.provider} {result.ticker} as of {format_asof(result.asof)}")
     table.add_column("feature")

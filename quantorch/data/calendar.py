@@ -1,4 +1,12 @@
-"""Trading days of the New York Stock Exchange (XNYS), from ``exchange-calendars``."""
+"""Time in quantorch, in one place: the XNYS sessions (``exchange-calendars``) and the decision
+time.
+
+A decision is taken at the close of a session, **16:00 New York** on that date, which this
+module gives as a naive UTC datetime (the form every stored ``as_of`` has). A decision time sees
+the bars up to its session's close, filings filed on or before that date and news published
+strictly before it (see ``MarketData.truncate`` and ``toolkit.runner.cut_at``); its orders fill
+at the next session.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,68 @@ import warnings
 import exchange_calendars as xcals
 import pandas as pd
 
-__all__ = ["sessions", "last_completed_session", "period_ends", "shift_sessions"]
+__all__ = [
+    "DECISION_TIME",
+    "EXCHANGE_TZ",
+    "decision_time",
+    "decision_times",
+    "format_asof",
+    "last_completed_session",
+    "normalise_asof",
+    "period_ends",
+    "price_day",
+    "sessions",
+    "shift_sessions",
+]
 
 _FIRST = "1985-01-02"
+#: Decisions are taken at the close: 16:00 New York on the session's date.
+DECISION_TIME = dt.time(16, 0)
+EXCHANGE_TZ = "America/New_York"
+
+
+def decision_time(day: dt.date | pd.Timestamp) -> dt.datetime:
+    """The decision time of ``day``'s session (16:00 New York) as a naive UTC datetime."""
+    local = pd.Timestamp.combine(pd.Timestamp(day).date(), DECISION_TIME).tz_localize(EXCHANGE_TZ)
+    return local.tz_convert("UTC").tz_localize(None).to_pydatetime()
+
+
+def decision_times(days: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """:func:`decision_time` of many sessions at once (naive UTC)."""
+    local = pd.DatetimeIndex(days).normalize() + pd.Timedelta(hours=DECISION_TIME.hour,
+                                                               minutes=DECISION_TIME.minute)
+    return local.tz_localize(EXCHANGE_TZ).tz_convert("UTC").tz_localize(None)
+
+
+def normalise_asof(asof: dt.date | dt.datetime | pd.Timestamp | str) -> dt.datetime:
+    """A decision time as a naive UTC datetime.
+
+    A date (or a naive midnight) is the close of that day; an aware time is converted to UTC;
+    another naive time is taken as UTC.
+    """
+    ts = pd.Timestamp(asof)
+    if ts.tzinfo is not None:
+        return ts.tz_convert("UTC").tz_localize(None).to_pydatetime()
+    if ts == ts.normalize():
+        return decision_time(ts)
+    return ts.to_pydatetime()
+
+
+def price_day(asof_utc: dt.datetime) -> pd.Timestamp:
+    """The last day whose bar is known at ``asof_utc`` (the day itself once it has closed)."""
+    local = pd.Timestamp(asof_utc).tz_localize("UTC").tz_convert(EXCHANGE_TZ)
+    day = local.tz_localize(None).normalize()
+    if pd.Timestamp(asof_utc) >= pd.Timestamp(decision_time(day)):
+        return day
+    return day - pd.Timedelta(days=1)
+
+
+def format_asof(asof: dt.datetime) -> str:
+    """A decision time for people: ``2021-03-01 (close)`` or the New York wall time."""
+    local = pd.Timestamp(asof).tz_localize("UTC").tz_convert(EXCHANGE_TZ)
+    if local.time() == DECISION_TIME:
+        return f"{local.date()} (close)"
+    return f"{local.strftime('%Y-%m-%d %H:%M')} New York"
 
 
 @functools.cache

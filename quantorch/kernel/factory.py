@@ -1,21 +1,32 @@
-"""Build an orchestrator backtest strategy from a config: checkpoints, profile, tools, data."""
+"""Build what a run decides with, from a config: checkpoints, profile, slots, participants."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-from quantorch.config import QuantorchConfig
-from quantorch.errors import UserInputError
+from quantorch.config import ORCHESTRATOR, QuantorchConfig
+from quantorch.kernel.participants import OrchestratorParticipant, RuleParticipant
+from quantorch.kernel.step import RoutingSetup
 from quantorch.orchestrator import check_orchestrator_name
 from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.orchestrators import make_orchestrator
 from quantorch.orchestrator.policy import PolicyCheckpoint, load_checkpoint
-from quantorch.orchestrator.profiles import load_profile
-from quantorch.orchestrator.strategy import OrchestratorStrategy
+from quantorch.orchestrator.profiles import TraderProfile, load_profile
+from quantorch.orchestrator.slots import WARMUP_SESSIONS, available_slots
 from quantorch.store import Store
+from quantorch.strategies import get_strategy
+from quantorch.toolkit.market import load_market_data
+from quantorch.toolkit.registry import available_tools
 
-__all__ = ["shipped_checkpoint", "load_policies", "build_orchestrator_strategy"]
+__all__ = [
+    "build_participant",
+    "load_policies",
+    "routing_setup",
+    "shipped_checkpoint",
+    "trader_profile",
+]
+
 
 
 def shipped_checkpoint(name: str) -> Path:
@@ -23,74 +34,85 @@ def shipped_checkpoint(name: str) -> Path:
     return Path(str(resources.files("quantorch.models").joinpath(name)))
 
 
-def load_policies(config: QuantorchConfig, need_all_tools: bool) -> tuple[PolicyCheckpoint, PolicyCheckpoint | None]:
-    """The routing policy and (when needed) the all-tools decision head, tool set checked."""
-    from quantorch.training.data import resolve_slots
-
-    def available(checkpoint: PolicyCheckpoint) -> list:
-        """The checkpoint's slots as the installed tools describe them (unknown ones left out)."""
-        found = []
-        for slot in checkpoint.slots:
-            try:
-                found += resolve_slots([slot.key])
-            except UserInputError:
-                continue
-        return found
-
+def load_policies(
+    config: QuantorchConfig, need_all_tools: bool
+) -> tuple[PolicyCheckpoint, PolicyCheckpoint | None]:
+    """The routing policy and (when needed) the all-tools decision head, tool set checked
+    against the installed tools (``tools.extra_dirs`` included)."""
+    extra = config.tools.extra_dirs
     policy = load_checkpoint(config.orchestrator.checkpoint or shipped_checkpoint("policy.pt"))
-    policy.check_slots(available(policy))
+    policy.check_slots(available_slots(policy.slots, extra))
     all_tools = None
     if need_all_tools:
         all_tools = load_checkpoint(
             config.orchestrator.all_tools_checkpoint or shipped_checkpoint("all-tools.pt")
         )
-        all_tools.check_slots(available(all_tools))
+        all_tools.check_slots(available_slots(all_tools.slots, extra))
     return policy, all_tools
 
 
-def build_orchestrator_strategy(
+def trader_profile(config: QuantorchConfig) -> TraderProfile:
+    """The configured trader profile (a shipped name or a YAML file), tools checked."""
+    return load_profile(config.orchestrator.profile,
+                        known_tools=available_tools(config.tools.extra_dirs))
+
+
+def routing_setup(
+    config: QuantorchConfig,
+    *,
+    seed: int | None = None,
+    policies: tuple[PolicyCheckpoint, PolicyCheckpoint | None] | None = None,
+) -> tuple[RoutingSetup, list[str]]:
+    """The configured orchestrator with its slots, normalisation and costs, and the observation
+    layout its checkpoint expects."""
+    name = check_orchestrator_name(config.orchestrator.name)
+    policy, all_tools = policies or load_policies(config, name == "all-tools")
+    orchestrator = make_orchestrator(name, policy, all_tools,
+                                     seed=config.seed if seed is None else seed)
+    reference = all_tools if name == "all-tools" else policy
+    env_config = EnvConfig(fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps)
+    setup = RoutingSetup(
+        orchestrator=orchestrator,
+        slots=tuple(reference.slots),
+        normalisation=reference.normalisation,
+        env_config=env_config,
+        horizon=reference.horizon,
+    )
+    return setup, list(reference.observation_names)
+
+
+def build_participant(
     config: QuantorchConfig,
     store: Store,
     *,
     seed: int | None = None,
     policies: tuple[PolicyCheckpoint, PolicyCheckpoint | None] | None = None,
     cache: dict | None = None,
-) -> OrchestratorStrategy:
-    """The configured orchestrator under the configured profile, ready to backtest."""
-    from quantorch.toolkit.market import load_market_data
-    from quantorch.toolkit.registry import available_tools
-    from quantorch.training.data import WARMUP_SESSIONS
-
-    settings = config.orchestrator
-    check_orchestrator_name(settings.name)
-    profile = load_profile(settings.profile, known_tools=available_tools())
-    policy, all_tools = policies or load_policies(config, settings.name == "all-tools")
-    orchestrator = make_orchestrator(
-        settings.name, policy, all_tools, seed=config.seed if seed is None else seed
-    )
-    reference = all_tools if settings.name == "all-tools" else policy
-    env_config = EnvConfig(fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps)
+    profile: TraderProfile | None = None,
+):
+    """The configured decider: a rule strategy or an orchestrator, under the trader profile
+    whose RiskGuard limits apply (``profile`` overrides the configured one)."""
+    profile = profile or trader_profile(config)
+    name = config.backtest.strategy
+    if name != ORCHESTRATOR:
+        return RuleParticipant(get_strategy(name, config.strategies.get(name)), profile)
+    setup, layout = routing_setup(config, seed=seed, policies=policies)
+    benchmark = config.benchmark_symbol
 
     def market(panel):
-        return load_market_data(
-            store,
-            config.data.source,
-            panel.tickers,
-            panel.dates[0].date(),
-            panel.dates[-1].date(),
-            benchmark=config.benchmark_symbol,
-        )
+        return load_market_data(store, config.data.source, panel.tickers,
+                                panel.dates[0].date(), panel.dates[-1].date(),
+                                benchmark=benchmark)
 
-    return OrchestratorStrategy(
-        orchestrator=orchestrator,
+    return OrchestratorParticipant(
+        setup=setup,
         profile=profile,
-        slots=list(reference.slots) if reference is not None else [],
-        normalisation=reference.normalisation if reference is not None else None,
-        horizon=reference.horizon if reference is not None else settings.horizon,
         market=market,
-        env_config=env_config,
-        warmup_sessions=WARMUP_SESSIONS,
-        policy=policy,
+        tool_calls=config.backtest.tool_calls,
+        store=store,
+        timeout_s=config.tools.timeout_s,
+        extra_dirs=tuple(config.tools.extra_dirs),
+        expected_observation=layout,
         cache=cache,
-        observation_names=list(reference.observation_names) if reference is not None else None,
+        warmup_sessions=WARMUP_SESSIONS,
     )

@@ -5,7 +5,7 @@ Only light names live here, so that checking a name costs no torch import.
 
 from __future__ import annotations
 
-from quantorch.errors import UserInputError, closest
+from quantorch.errors import UserInputError, did_you_mean
 
 __all__ = ["ORCHESTRATORS", "check_orchestrator_name"]
 
@@ -24,8 +24,7 @@ def check_orchestrator_name(name: str) -> str:
             "buy-and-hold is a rule strategy (equal weight, bought once, never rebalanced), not "
             "an orchestrator: use --strategy buy-and-hold"
         )
-    hint = closest(name, ORCHESTRATORS)
-    suggestion = f" (did you mean {hint}?)" if hint else ""
+    suggestion = did_you_mean(name, ORCHESTRATORS)
     raise UserInputError(
         f"unknown orchestrator '{name}'{suggestion}; available: {', '.join(ORCHESTRATORS)}"
     )

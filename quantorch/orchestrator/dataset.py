@@ -25,6 +25,8 @@ __all__ = [
     "context_panels",
     "forward_returns",
     "build_dataset",
+    "decision_points",
+    "normalise",
 ]
 
 #: Cheap statistics every orchestrator sees for free (no tool call).
@@ -137,6 +139,14 @@ def _stack(frames: Mapping[str, pd.DataFrame], names: Sequence[str], dates, tick
     return np.stack(columns, axis=1) if columns else np.zeros((len(dates), 0))
 
 
+def normalise(
+    name: str, values: np.ndarray, stats: Mapping[str, tuple[list[float], list[float]]]
+) -> np.ndarray:
+    """``values`` z-scored with the stored statistics ``stats[name]`` (a checkpoint's), as
+    :func:`build_dataset` does: NaN becomes 0, everything is clipped to +-5."""
+    return _normalise(name, np.asarray(values, dtype=np.float64), dict(stats), fit=False)
+
+
 def build_dataset(
     prices: PricePanel,
     slot_panels: Sequence[tuple[ToolSlot, Mapping[str, pd.DataFrame]]],
@@ -152,28 +162,18 @@ def build_dataset(
     """
     fit = normalisation is None
     stats: dict[str, tuple[list[float], list[float]]] = {} if fit else dict(normalisation)
-    close = prices.close.reindex(columns=list(tickers))
-    grid = close.reindex(decision_dates)
-    has_price = grid.notna().to_numpy()
-    date_idx, ticker_idx = np.nonzero(has_price)
-    dates = grid.index.to_numpy()[date_idx]
-    names = np.asarray(list(tickers), dtype=object)[ticker_idx]
-
-    ctx_frames = context_panels(prices)
-    context_raw = _stack(ctx_frames, CONTEXT_FEATURES, dates, names)
-    daily_vol = context_raw[:, CONTEXT_FEATURES.index("volatility_21d")].copy()
-    context = _normalise("context", context_raw, stats, fit)
-
+    dates, names, context, daily_vol, fwd = _free_inputs(
+        prices, decision_dates, tickers, horizon, stats, fit
+    )
     features, coverage = [], []
     for slot, frames in slot_panels:
         raw = _stack(frames, slot.features, dates, names)
         coverage.append(np.isfinite(raw).any(axis=1))
         features.append(_normalise(slot.key, raw, stats, fit))
-    fwd = _stack({"fwd": forward_returns(prices, horizon)}, ["fwd"], dates, names)[:, 0]
     return DecisionDataset(
         tickers=names,
         dates=dates,
-        context=context.astype(np.float32),
+        context=context,
         slots=[slot for slot, _ in slot_panels],
         slot_features=[f.astype(np.float32) for f in features],
         slot_coverage=(
@@ -184,3 +184,52 @@ def build_dataset(
         horizon=horizon,
         normalisation=stats,
     )
+
+
+def decision_points(
+    prices: PricePanel,
+    decision_dates: pd.DatetimeIndex,
+    tickers: Sequence[str],
+    horizon: int,
+    slots: Sequence[ToolSlot],
+    normalisation: dict[str, tuple[list[float], list[float]]],
+) -> DecisionDataset:
+    """A dataset of the decision points with their free inputs only: every slot's features
+    are 0 and not covered until a tool executor answers a call (see ``decision_step``).
+
+    The context, volatility and forward return of a point equal :func:`build_dataset`'s.
+    """
+    stats = dict(normalisation)
+    dates, names, context, daily_vol, fwd = _free_inputs(
+        prices, decision_dates, tickers, horizon, stats, fit=False
+    )
+    n = len(dates)
+    return DecisionDataset(
+        tickers=names,
+        dates=dates,
+        context=context,
+        slots=list(slots),
+        slot_features=[np.zeros((n, len(s.features)), dtype=np.float32) for s in slots],
+        slot_coverage=np.zeros((n, len(slots)), dtype=bool),
+        forward_return=fwd,
+        daily_volatility=daily_vol,
+        horizon=horizon,
+        normalisation=stats,
+    )
+
+
+def _free_inputs(prices, decision_dates, tickers, horizon, stats, fit):
+    """Points (date, ticker) with a price on the date; their normalised context, trailing
+    volatility and forward return (never observed: only the reward reads it)."""
+    close = prices.close.reindex(columns=list(tickers))
+    grid = close.reindex(decision_dates)
+    has_price = grid.notna().to_numpy()
+    date_idx, ticker_idx = np.nonzero(has_price)
+    dates = grid.index.to_numpy()[date_idx]
+    names = np.asarray(list(tickers), dtype=object)[ticker_idx]
+    ctx_frames = context_panels(prices)
+    context_raw = _stack(ctx_frames, CONTEXT_FEATURES, dates, names)
+    daily_vol = context_raw[:, CONTEXT_FEATURES.index("volatility_21d")].copy()
+    context = _normalise("context", context_raw, stats, fit).astype(np.float32)
+    fwd = _stack({"fwd": forward_returns(prices, horizon)}, ["fwd"], dates, names)[:, 0]
+    return dates, names, context, daily_vol, fwd

@@ -18,7 +18,7 @@ orchestrator, so that one name always means one portfolio.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -50,6 +50,7 @@ class DecisionBatch:
     called: np.ndarray  # (n, K) slots called
     spent: np.ndarray  # (n,) USD
     terms: dict[str, np.ndarray]  # reward terms (bps of full-position notional)
+    call_order: tuple[tuple[int, ...], ...] = ()  # per point, the slots in the order called
 
 
 class Orchestrator(Protocol):
@@ -71,6 +72,12 @@ def dearest_slots(slots: Sequence[ToolSlot], tools: Sequence[str] | None = None)
     return tuple(sorted(best.values()))
 
 
+#: Answers the tool calls of one step: ``reveal(slot, positions)`` must fill the dataset's
+#: features and coverage of slot ``slot`` for the batch positions ``positions`` (dataset rows
+#: ``rows[positions]``) before the step observes them.
+Reveal = Callable[[int, np.ndarray], None]
+
+
 def decide(
     orchestrator: Orchestrator,
     dataset: DecisionDataset,
@@ -79,8 +86,15 @@ def decide(
     rows: np.ndarray,
     profile_index: np.ndarray,
     previous_position: np.ndarray,
+    reveal: Reveal | None = None,
 ) -> DecisionBatch:
-    """Run ``orchestrator`` on the given decision points until every one has decided."""
+    """Run ``orchestrator`` on the given decision points until every one has decided.
+
+    Without ``reveal`` the dataset already holds every slot's features (training, evaluation
+    on precomputed panels); with it, a slot's features are fetched only when a decision calls
+    it (a tool executor answers), so nothing is computed, charged or logged for a tool no one
+    called.
+    """
     n = len(rows)
     config = orchestrator.env_config(base, dataset.slots)
     core = DecisionCore(dataset, profiles, config, n=n, auto_reset=False)
@@ -88,9 +102,17 @@ def decide(
     position = np.zeros(n)
     done = np.zeros(n, dtype=bool)
     terms: dict[str, np.ndarray] = {}
+    order: list[list[int]] = [[] for _ in range(n)]
     for _ in range(core.n_slots + 1):
         masks = core.action_masks()
-        actions = orchestrator.choose(obs, masks, core)
+        actions = np.asarray(orchestrator.choose(obs, masks, core), dtype=np.int64)
+        calling = (actions < core.n_slots) & ~done
+        for slot in np.unique(actions[calling]):
+            positions = np.flatnonzero(calling & (actions == slot))
+            if reveal is not None:
+                reveal(int(slot), positions)
+            for i in positions:
+                order[i].append(int(slot))
         obs, _, finished, info = core.step(actions, active=~done)
         rows_done = info["done_rows"]
         if len(rows_done):
@@ -100,7 +122,8 @@ def decide(
         done |= finished
         if done.all():
             break
-    return DecisionBatch(position, core.called.copy(), core.spent.copy(), terms)
+    return DecisionBatch(position, core.called.copy(), core.spent.copy(), terms,
+                         tuple(tuple(o) for o in order))
 
 
 def _decide_actions(core: DecisionCore, masks: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quantorch.config import read_yaml_file
-from quantorch.errors import ConfigError, UserInputError, closest
+from quantorch.errors import ConfigError, UserInputError, did_you_mean
 
 __all__ = [
     "RewardWeights",
@@ -142,8 +142,7 @@ def load_profile(name_or_path: str | Path, known_tools: list[str] | None = None)
         shipped = _shipped_dir() / f"{name_or_path}.yaml"
         if not shipped.exists():
             names = list_profiles()
-            hint = closest(str(name_or_path), names)
-            suggestion = f" (did you mean {hint}?)" if hint else ""
+            suggestion = did_you_mean(str(name_or_path), names)
             raise UserInputError(
                 f"unknown profile '{name_or_path}'{suggestion}; shipped profiles: "
                 f"{', '.join(names)}; or pass a YAML file path"
@@ -164,8 +163,7 @@ def load_profile(name_or_path: str | Path, known_tools: list[str] | None = None)
     if known_tools is not None:
         unknown = sorted(set(profile.tool_preferences) - set(known_tools))
         if unknown:
-            hint = closest(unknown[0], known_tools)
-            suggestion = f" (did you mean {hint}?)" if hint else ""
+            suggestion = did_you_mean(unknown[0], known_tools)
             raise ConfigError(
                 f"{path}: tool_preferences names unknown tool '{unknown[0]}'{suggestion}; "
                 f"tools: {', '.join(known_tools)}"

@@ -17,6 +17,7 @@ import datetime as dt
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,8 @@ class PanelTool(ABC):
     """Subclass, set ``spec`` and implement :meth:`series` (and optionally :meth:`summarise`)."""
 
     spec: ToolSpec
+    #: The runner may answer several tickers' calls of one session with one :meth:`run_batch`.
+    batches = True
 
     @abstractmethod
     def series(
@@ -50,29 +53,52 @@ class PanelTool(ABC):
         }
 
     def run(self, request: ToolRequest, data: MarketData, provider: ProviderSpec) -> ToolResult:
+        return self.run_batch([request], data, provider)[0]
+
+    def run_batch(
+        self, requests: Sequence[ToolRequest], data: MarketData, provider: ProviderSpec
+    ) -> list[ToolResult]:
+        """Several tickers' calls at one decision time from one :meth:`series` computation.
+
+        Each result is what :meth:`run` gives for its request alone (the series of a ticker
+        never depends on the other tickers); the runner batches the calls of one session this
+        way. The requests must share their ``asof``.
+        """
         started = time.perf_counter()
-        frames = self.series(data, provider, [request.ticker])
-        day = pd.Timestamp(request.asof).normalize()
+        if not requests:
+            return []
+        asof = requests[0].asof
+        if any(r.asof != asof for r in requests):
+            raise ValueError("run_batch needs requests of one decision time")
+        tickers = list(dict.fromkeys(r.ticker for r in requests))
+        frames = self.series(data, provider, tickers)
+        day = pd.Timestamp(asof).normalize()
         if getattr(day, "tzinfo", None) is not None:
             day = day.tz_localize(None)
-        features: dict[str, float] = {}
+        last = _last_session(data, day)
+        values: dict[str, dict[str, float]] = {t: {} for t in tickers}
         for name in self.spec.output_names:
             frame = frames.get(name)
-            column = frame[request.ticker].loc[:day] if frame is not None else pd.Series(dtype=float)
-            value = column.iloc[-1] if len(column) and column.index[-1] == _last_session(data, day) else np.nan
-            features[name] = float(value) if pd.notna(value) else float("nan")
-        coverage = any(math.isfinite(v) for v in features.values())
-        return ToolResult(
-            tool=self.spec.name,
-            provider=provider.name,
-            ticker=request.ticker,
-            asof=request.asof if isinstance(request.asof, dt.datetime) else pd.Timestamp(request.asof).to_pydatetime(),
-            features=features,
-            summary=self.summarise(request.ticker, features, provider),
-            coverage=coverage,
-            cost_usd=provider.usd_per_call,
-            latency_ms=(time.perf_counter() - started) * 1000,
-        )
+            for ticker in tickers:
+                column = frame[ticker].loc[:day] if frame is not None else pd.Series(dtype=float)
+                value = column.iloc[-1] if len(column) and column.index[-1] == last else np.nan
+                values[ticker][name] = float(value) if pd.notna(value) else float("nan")
+        stamp = asof if isinstance(asof, dt.datetime) else pd.Timestamp(asof).to_pydatetime()
+        latency = (time.perf_counter() - started) * 1000 / len(requests)
+        return [
+            ToolResult(
+                tool=self.spec.name,
+                provider=provider.name,
+                ticker=request.ticker,
+                asof=stamp,
+                features=dict(values[request.ticker]),
+                summary=self.summarise(request.ticker, values[request.ticker], provider),
+                coverage=any(math.isfinite(v) for v in values[request.ticker].values()),
+                cost_usd=provider.usd_per_call,
+                latency_ms=latency,
+            )
+            for request in requests
+        ]
 
 
 def _last_session(data: MarketData, day: pd.Timestamp) -> pd.Timestamp | None:

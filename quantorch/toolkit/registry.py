@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from quantorch.errors import PluginError, UserInputError, closest
+from quantorch.errors import PluginError, UserInputError, did_you_mean
 from quantorch.toolkit.spec import ProviderSpec, Tool, ToolSpec
 
 __all__ = [
@@ -172,8 +172,7 @@ def get_tool(name: str, extra_dirs: Iterable[str | Path] = ()) -> Tool:
     tools = discover(extra_dirs)
     if name in tools:
         return tools[name]
-    hint = closest(name, list(tools))
-    suggestion = f" (did you mean {hint}?)" if hint else ""
+    suggestion = did_you_mean(name, list(tools))
     raise UserInputError(f"unknown tool '{name}'{suggestion}; tools: {', '.join(sorted(tools))}")
 
 
@@ -189,8 +188,7 @@ def resolve_provider(tool: Tool, name: str | None) -> ProviderSpec:
         return tool.spec.provider(name)
     except KeyError:
         valid = [p.name for p in tool.spec.providers]
-        hint = closest(name or "", valid)
-        suggestion = f" (did you mean {hint}?)" if hint else ""
+        suggestion = did_you_mean(name or "", valid)
         raise UserInputError(
             f"unknown provider '{name}' for tool {tool.spec.name}{suggestion}; "
             f"providers: {', '.join(valid)}"

@@ -41,6 +41,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from quantorch.data import calendar
+from quantorch.data.calendar import format_asof, normalise_asof, price_day
 from quantorch.errors import (
     DateRangeError,
     PluginError,
@@ -48,10 +50,10 @@ from quantorch.errors import (
     RetryableError,
     UnknownTickerError,
     UserInputError,
-    closest,
+    did_you_mean,
 )
 from quantorch.redact import redact
-from quantorch.store import Store
+from quantorch.store import Store, repository
 from quantorch.toolkit.registry import get_tool, resolve_provider
 from quantorch.toolkit.spec import (
     ErrorKind,
@@ -65,17 +67,11 @@ from quantorch.toolkit.spec import (
 __all__ = [
     "ToolRunner",
     "CheckedRequest",
-    "decision_time",
-    "normalise_asof",
-    "format_asof",
     "cut_at",
     "check_asof",
     "data_fingerprint",
 ]
 
-#: Decisions are taken at the close: 16:00 New York.
-CLOSE_TIME = dt.time(16, 0)
-_EXCHANGE_TZ = "America/New_York"
 _CALL_COLUMNS = (
     "call_id", "run_id", "tool", "provider", "ticker", "as_of", "arguments", "outputs", "summary",
     "coverage", "cost_usd", "latency_ms", "cache_hit", "error", "input_tokens", "output_tokens",
@@ -84,41 +80,9 @@ _CALL_COLUMNS = (
 _CACHE_COLUMNS = ("cache_key", "tool", "provider", "payload", "created_at")
 
 
-# ---- time -----------------------------------------------------------------------------------
-
-
-def decision_time(day: dt.date | pd.Timestamp) -> dt.datetime:
-    """The close of ``day`` (16:00 New York) as a naive UTC datetime."""
-    local = pd.Timestamp.combine(pd.Timestamp(day).date(), CLOSE_TIME).tz_localize(_EXCHANGE_TZ)
-    return local.tz_convert("UTC").tz_localize(None).to_pydatetime()
-
-
-def normalise_asof(asof: dt.date | dt.datetime | pd.Timestamp | str) -> dt.datetime:
-    """A decision time as a naive UTC datetime.
-
-    A date (or a naive midnight) is the close of that day; an aware time is converted to UTC;
-    another naive time is taken as UTC.
-    """
-    ts = pd.Timestamp(asof)
-    if ts.tzinfo is not None:
-        return ts.tz_convert("UTC").tz_localize(None).to_pydatetime()
-    if ts == ts.normalize():
-        return decision_time(ts)
-    return ts.to_pydatetime()
-
-
-def _price_day(asof_utc: dt.datetime) -> pd.Timestamp:
-    """The last day whose bar is known at ``asof_utc`` (the day itself once it has closed)."""
-    local = pd.Timestamp(asof_utc).tz_localize("UTC").tz_convert(_EXCHANGE_TZ)
-    day = local.tz_localize(None).normalize()
-    if pd.Timestamp(asof_utc) >= pd.Timestamp(decision_time(day)):
-        return day
-    return day - pd.Timedelta(days=1)
-
-
 def cut_at(data: MarketData, asof: dt.datetime) -> MarketData:
     """The data known at the decision time ``asof`` (naive UTC, see :func:`normalise_asof`)."""
-    day = _price_day(asof)
+    day = price_day(asof)
     cut = data.truncate(day)  # bars, benchmark, factors and filings up to the last closed day
     news = data.news
     if news is not None:
@@ -160,6 +124,9 @@ class ToolRunner:
     batch_size
         Calls buffered before a flush to DuckDB; :meth:`flush`, :meth:`close` or leaving the
         ``with`` block writes the rest.
+    log
+        Write each call to ``tool_calls`` (False: the caller stores the results itself, e.g. a
+        backtest that stores its calls with its run in one transaction; the cache still works).
 
     Use one runner from one thread.
     """
@@ -175,6 +142,7 @@ class ToolRunner:
         cache: bool = True,
         batch_size: int = 500,
         memory_cache_size: int = 100_000,
+        log: bool = True,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -183,6 +151,7 @@ class ToolRunner:
         self.cache = cache
         self.batch_size = max(1, batch_size)
         self.memory_cache_size = memory_cache_size
+        self.log = log
         self.panel_errors: dict[str, str] = {}
         self._tools = dict(tools) if tools is not None else None
         self._memory: dict[str, dict[str, Any]] = {}
@@ -211,8 +180,7 @@ class ToolRunner:
             return get_tool(name, self.extra_dirs)
         if name in self._tools:
             return self._tools[name]
-        hint = closest(name, list(self._tools))
-        suggestion = f" (did you mean {hint}?)" if hint else ""
+        suggestion = did_you_mean(name, list(self._tools))
         raise UserInputError(
             f"unknown tool '{name}'{suggestion}; tools: {', '.join(sorted(self._tools))}"
         )
@@ -270,6 +238,7 @@ class ToolRunner:
         """
         results: list[ToolResult | None] = [None] * len(requests)
         todo: list[tuple[int, CheckedRequest, MarketData, str | None, float]] = []
+        cuts: dict[dt.datetime, MarketData] = {}
         for i, request in enumerate(requests):
             started = time.perf_counter()
             try:
@@ -279,7 +248,10 @@ class ToolRunner:
                                            kind="input")
                 self._record(results[i], request.arguments)
                 continue
-            cut = cut_at(data, checked.request.asof)
+            asof = checked.request.asof
+            cut = cuts.get(asof)
+            if cut is None:  # one cut per decision time: a session's calls share it
+                cut = cuts[asof] = cut_at(data, asof)
             key = None
             if self.cache and checked.provider.deterministic:
                 key = self._cache_key(checked, cut)
@@ -289,18 +261,113 @@ class ToolRunner:
         cached = self._lookup(wanted)
         # a call's latency: its checks, cut and key, plus its tool run or its share of the lookup
         lookup_ms = (time.perf_counter() - lookup_started) * 1000 / max(1, len(wanted))
+        answered = self._execute_batches(
+            [(i, c, cut, ms) for i, c, cut, key, ms in todo if key is None or key not in cached]
+        )
         for i, checked, cut, key, prepared_ms in todo:
             request = checked.request
             if key is not None and key in cached:
                 result = _from_payload(cached[key], request, self.run_id, prepared_ms + lookup_ms)
             else:
-                result = self._execute(checked, cut, prepared_ms)
+                result = answered[i]
                 if key is not None and result.error is None:
                     self._remember(key, result)
                     cached[key] = self._memory[key]
             results[i] = result
             self._record(result, request.arguments)
         return [r for r in results if r is not None]
+
+    def _execute_batches(
+        self, items: Sequence[tuple[int, CheckedRequest, MarketData, float]]
+    ) -> dict[int, ToolResult]:
+        """Run the calls: those of a batching tool (a :class:`~quantorch.toolkit.base.PanelTool`)
+        that share provider, decision time and arguments in one computation, the rest alone."""
+        groups: dict[tuple, list[tuple[int, CheckedRequest, MarketData, float]]] = {}
+        answered: dict[int, ToolResult] = {}
+        for item in items:
+            _, checked, _, prepared_ms = item
+            if getattr(checked.tool, "batches", False):
+                request = checked.request
+                key = (request.tool, checked.provider.name, request.asof,
+                       json.dumps(request.arguments, sort_keys=True, default=str))
+                groups.setdefault(key, []).append(item)
+            else:
+                answered[item[0]] = self._execute(checked, item[2], prepared_ms)
+        for group in groups.values():
+            if len(group) == 1:
+                i, checked, cut, prepared_ms = group[0]
+                answered[i] = self._execute(checked, cut, prepared_ms)
+                continue
+            for (i, _, _, _), result in zip(group, self._execute_batch(group), strict=True):
+                answered[i] = result
+        return answered
+
+    def _execute_batch(
+        self, group: Sequence[tuple[int, CheckedRequest, MarketData, float]]
+    ) -> list[ToolResult]:
+        """One ``run_batch`` under the timeout; any fault fails each call of the batch alike."""
+        _, first, cut, _ = group[0]
+        tool, provider = first.tool, first.provider
+        requests = [checked.request for _, checked, _, _ in group]
+        started = time.perf_counter() - sum(ms for *_, ms in group) / 1000 / len(group)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["results"] = tool.run_batch(requests, cut, provider)
+            except BaseException as exc:  # noqa: BLE001 - any fault becomes error results
+                outcome["error"] = exc
+
+        self._run_under_timeout(work, f"tool-{first.request.tool}-batch")
+        latency_ms = (time.perf_counter() - started) * 1000 / len(group)
+        if not outcome:
+            return [
+                self._failure(r, f"timeout: {r.tool}:{provider.name} took longer than "
+                              f"{self.timeout_s:g}s", cost=provider.usd_per_call,
+                              started=started, kind="temporary")
+                for r in requests
+            ]
+        if "error" in outcome:
+            return [self._fault(r, provider, outcome["error"], started) for r in requests]
+        results = outcome["results"]
+        if not isinstance(results, list) or len(results) != len(requests):
+            return [self._failure(r, f"tool fault: {r.tool}:{provider.name} run_batch returned "
+                                  "the wrong number of results", cost=provider.usd_per_call,
+                                  started=started) for r in requests]
+        conformed = []
+        for (_, checked, _, _), result in zip(group, results, strict=True):
+            try:
+                conformed.append(self._conform(result, checked, latency_ms))
+            except PluginError as exc:
+                conformed.append(self._failure(checked.request, f"tool fault: {exc}",
+                                               cost=provider.usd_per_call, started=started))
+        return conformed
+
+    def _run_under_timeout(self, work, name: str) -> None:
+        if self.timeout_s is None:
+            work()
+            return
+        worker = threading.Thread(target=work, name=name, daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+
+    def _fault(self, request: ToolRequest, provider: ProviderSpec, exc: BaseException,
+               started: float) -> ToolResult:
+        # a temporary failure (network, endpoint down) is worth retrying; a setting the tool
+        # needs is the operator's to fix; anything else is a fault of the tool
+        kind: ErrorKind = (
+            "temporary" if isinstance(exc, RetryableError)
+            else "input" if isinstance(exc, UserInputError)
+            else "tool"
+        )
+        label = {"temporary": "temporary failure", "input": "bad setting", "tool": "tool fault"}
+        return self._failure(
+            request,
+            f"{label[kind]}: {request.tool}:{provider.name} raised {type(exc).__name__}: {exc}",
+            cost=provider.usd_per_call,
+            started=started,
+            kind=kind,
+        )
 
     def _execute(self, checked: CheckedRequest, cut: MarketData, prepared_ms: float) -> ToolResult:
         request, provider, tool = checked.request, checked.provider, checked.tool
@@ -313,40 +380,18 @@ class ToolRunner:
             except BaseException as exc:  # noqa: BLE001 - any fault becomes an error result
                 outcome["error"] = exc
 
-        if self.timeout_s is None:
-            work()
-        else:
-            worker = threading.Thread(
-                target=work, name=f"tool-{request.tool}-{request.ticker}", daemon=True
-            )
-            worker.start()
-            worker.join(self.timeout_s)
-            if worker.is_alive():
-                return self._failure(
-                    request,
-                    f"timeout: {request.tool}:{provider.name} took longer than {self.timeout_s:g}s",
-                    cost=provider.usd_per_call,
-                    started=started,
-                    kind="temporary",
-                )
-        latency_ms = (time.perf_counter() - started) * 1000
-        if "error" in outcome:
-            exc = outcome["error"]
-            # a temporary failure (network, endpoint down) is worth retrying; a setting the tool
-            # needs is the operator's to fix; anything else is a fault of the tool
-            kind: ErrorKind = (
-                "temporary" if isinstance(exc, RetryableError)
-                else "input" if isinstance(exc, UserInputError)
-                else "tool"
-            )
-            label = {"temporary": "temporary failure", "input": "bad setting", "tool": "tool fault"}
+        self._run_under_timeout(work, f"tool-{request.tool}-{request.ticker}")
+        if not outcome:
             return self._failure(
                 request,
-                f"{label[kind]}: {request.tool}:{provider.name} raised {type(exc).__name__}: {exc}",
+                f"timeout: {request.tool}:{provider.name} took longer than {self.timeout_s:g}s",
                 cost=provider.usd_per_call,
                 started=started,
-                kind=kind,
+                kind="temporary",
             )
+        latency_ms = (time.perf_counter() - started) * 1000
+        if "error" in outcome:
+            return self._fault(request, provider, outcome["error"], started)
         try:
             return self._conform(outcome.get("result"), checked, latency_ms)
         except PluginError as exc:
@@ -494,7 +539,7 @@ class ToolRunner:
     # -- the call log ---------------------------------------------------------------------------
 
     def _record(self, result: ToolResult, arguments: Mapping[str, Any]) -> None:
-        if self.store is None:
+        if self.store is None or not self.log:
             return
         self._pending_calls.append(
             {
@@ -526,27 +571,9 @@ class ToolRunner:
             return 0
         calls = pd.DataFrame(self._pending_calls, columns=list(_CALL_COLUMNS))
         entries = pd.DataFrame(list(self._pending_cache.values()), columns=list(_CACHE_COLUMNS))
-        calls = calls.astype({"input_tokens": "Int64", "output_tokens": "Int64"})
         with self.store.transaction() as con:
-            if len(calls):
-                con.register("pending_calls", calls)
-                columns = ", ".join(_CALL_COLUMNS)
-                selected = ", ".join(
-                    f"CAST({c} AS JSON)" if c in ("arguments", "outputs") else c
-                    for c in _CALL_COLUMNS
-                )
-                con.execute(f"INSERT INTO tool_calls ({columns}) SELECT {selected} FROM pending_calls")
-                con.unregister("pending_calls")
-            if len(entries):
-                con.register("pending_cache", entries)
-                con.execute(
-                    """
-                    INSERT OR IGNORE INTO tool_cache (cache_key, tool, provider, payload, created_at)
-                    SELECT cache_key, tool, provider, CAST(payload AS JSON), created_at
-                    FROM pending_cache
-                    """
-                )
-                con.unregister("pending_cache")
+            repository.insert_tool_calls(con, calls)
+            repository.put_tool_cache(con, entries)
         written = len(calls) + len(entries)
         self._pending_calls.clear()
         self._pending_cache.clear()
@@ -624,8 +651,7 @@ def check_asof(data: MarketData, ticker: str, asof: dt.datetime) -> None:
     """
     close = data.prices.close
     if ticker not in close.columns:
-        hint = closest(ticker, [str(c) for c in close.columns])
-        suggestion = f" (did you mean {hint}?)" if hint else ""
+        suggestion = did_you_mean(ticker, [str(c) for c in close.columns])
         raise UnknownTickerError(
             f"no price data for ticker '{ticker}'{suggestion}; load it first "
             "(quantorch data fetch --tickers ...)"
@@ -634,7 +660,7 @@ def check_asof(data: MarketData, ticker: str, asof: dt.datetime) -> None:
     if len(bars) == 0:
         raise UnknownTickerError(f"no price bars for ticker '{ticker}' in the data loaded")
     first, last = bars[0], bars[-1]
-    day = _price_day(asof)
+    day = price_day(asof)
     span = f"the {ticker} data runs from {first.date()} to {last.date()}"
     if day < first:
         raise DateRangeError(f"asof {format_asof(asof)} is before the first {ticker} bar; {span}")
@@ -663,8 +689,6 @@ def check_panel_dates(data: MarketData, tickers: Sequence[str], dates: pd.Dateti
 
 def _sessions_between(last: pd.Timestamp, day: pd.Timestamp) -> bool:
     """Is there an XNYS session in (last, day]?"""
-    from quantorch.data import calendar
-
     return len(calendar.sessions(last + pd.Timedelta(days=1), day)) > 0
 
 
@@ -725,14 +749,6 @@ def _as_float(value: object) -> float:
 
 def _json_float(value: float) -> float | None:
     return value if value is not None and math.isfinite(value) else None
-
-
-def format_asof(asof: dt.datetime) -> str:
-    """A decision time for people: ``2021-03-01 (close)`` or the New York wall time."""
-    local = pd.Timestamp(asof).tz_localize("UTC").tz_convert(_EXCHANGE_TZ)
-    if local.time() == CLOSE_TIME:
-        return f"{local.date()} (close)"
-    return f"{local.strftime('%Y-%m-%d %H:%M')} New York"
 
 
 def _naive_utc(value: dt.datetime) -> pd.Timestamp:

@@ -15,53 +15,18 @@ from quantorch.config import QuantorchConfig
 from quantorch.data import calendar
 from quantorch.errors import UserInputError
 from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, build_dataset
-from quantorch.orchestrator.strategy import slot_panels
+from quantorch.orchestrator.slots import WARMUP_SESSIONS, slot_panels
 from quantorch.store import Store
+from quantorch.toolkit.market import load_market_data
 from quantorch.toolkit.spec import MarketData
 
-__all__ = ["resolve_slots", "market_for", "period_dataset", "WARMUP_SESSIONS"]
-
-#: History loaded before a period so every tool has its look-back (252-session windows).
-WARMUP_SESSIONS = 300
-
-
-def resolve_slots(names: Sequence[str]) -> list[ToolSlot]:
-    """``["technical:basic", ...]`` -> slots with the provider's price and the tool's outputs."""
-    from quantorch.toolkit.registry import get_tool
-
-    slots = []
-    for name in names:
-        tool_name, _, provider_name = name.partition(":")
-        tool = get_tool(tool_name)
-        try:
-            provider = tool.spec.provider(provider_name or None)
-        except KeyError:
-            valid = ", ".join(p.name for p in tool.spec.providers)
-            raise UserInputError(
-                f"unknown provider '{provider_name}' for tool {tool_name}; providers: {valid}"
-            ) from None
-        if provider.online:
-            raise UserInputError(
-                f"{tool_name}:{provider.name} needs the network and cannot be precomputed for "
-                "the compact policy; remove it from orchestrator.tools"
-            )
-        slots.append(
-            ToolSlot(
-                tool_name,
-                provider.name,
-                provider.expected_cost_usd,
-                tool.spec.provider_outputs(provider.name),
-            )
-        )
-    return slots
+__all__ = ["market_for", "period_dataset"]
 
 
 def market_for(
     config: QuantorchConfig, store: Store, start: dt.date, end: dt.date
 ) -> MarketData:
     """Prices (with warm-up), benchmark, factor ETFs, filings and news for the universe."""
-    from quantorch.toolkit.market import load_market_data
-
     first = calendar.shift_sessions(start, -WARMUP_SESSIONS).date()
     return load_market_data(
         store,
@@ -80,6 +45,7 @@ def period_dataset(
     end: dt.date,
     horizon: int,
     normalisation: dict | None = None,
+    extra_dirs: Sequence = (),
 ) -> DecisionDataset:
     """Every (session, ticker) in [start, end] whose forward return ends inside the period."""
     cut = market.truncate(pd.Timestamp(end))
@@ -88,5 +54,5 @@ def period_dataset(
     if len(dates) == 0:
         raise UserInputError(f"no sessions with data between {start} and {end}")
     tickers = prices.tickers
-    panels, _ = slot_panels(cut, list(slots), tickers, dates)
+    panels, _ = slot_panels(cut, list(slots), tickers, dates, extra_dirs=extra_dirs)
     return build_dataset(prices, panels, dates, tickers, horizon, normalisation=normalisation)

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantorch.config import QuantorchConfig
+from quantorch.data import calendar
+from quantorch.data.providers.sample import FACTOR_ETFS
 from quantorch.data.service import ensure_prices
 from quantorch.errors import UserInputError
 from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.orchestrators import dearest_slots
 from quantorch.orchestrator.policy import save_checkpoint
 from quantorch.orchestrator.profiles import TraderProfile, list_profiles, load_profile
+from quantorch.orchestrator.slots import WARMUP_SESSIONS, resolve_slots
 from quantorch.store import Store, code_version
-from quantorch.training.data import WARMUP_SESSIONS, market_for, period_dataset, resolve_slots
+from quantorch.training.data import market_for, period_dataset
 from quantorch.training.ppo import PPOSettings, TrainResult, train_policy
 
 __all__ = ["TrainOutcome", "train_from_config", "resolve_profiles"]
@@ -48,12 +51,9 @@ def train_from_config(
     on_progress: Callable[[int, int, dict | None], None] | None = None,
 ) -> TrainOutcome:
     """Train the routing policy (or, with ``all_tools``, the forced-routing decision head)."""
-    from quantorch.data import calendar
-    from quantorch.data.providers.sample import FACTOR_ETFS
-
     periods = config.training
     settings = settings or PPOSettings(steps=periods.steps)
-    slots = resolve_slots(config.orchestrator.tools)
+    slots = resolve_slots(config.orchestrator.tools, config.tools.extra_dirs)
     tools = sorted({s.tool for s in slots})
     profiles = resolve_profiles(list(periods.profiles), tools)
 
@@ -70,10 +70,13 @@ def train_from_config(
 
     horizon = config.orchestrator.horizon
     say("computing tool panels for the training period")
-    train = period_dataset(market, slots, periods.train_start, periods.train_end, horizon).tradable()
+    extra = config.tools.extra_dirs
+    train = period_dataset(market, slots, periods.train_start, periods.train_end, horizon,
+                           extra_dirs=extra).tradable()
     say("computing tool panels for the validation period")
     validation = period_dataset(
-        market, slots, periods.val_start, periods.val_end, horizon, normalisation=train.normalisation
+        market, slots, periods.val_start, periods.val_end, horizon,
+        normalisation=train.normalisation, extra_dirs=extra,
     ).tradable()
     if len(train) == 0 or len(validation) == 0:
         raise UserInputError(

@@ -22,14 +22,15 @@ from typing import ClassVar
 
 import pandas as pd
 import pytest
-from quantorch.tools.sentiment import TOOL, MemoryPromptCache, decision_times_utc
+from quantorch.tools.sentiment import TOOL, MemoryPromptCache
 
+from quantorch.data.calendar import decision_times
 from quantorch.data.panel import PricePanel
 from quantorch.toolkit.spec import MarketData, ToolRequest
 
 MODEL = "Qwen/Qwen3-8B"
 DAY = pd.Timestamp("2016-01-05")
-ASOF = decision_times_utc(pd.DatetimeIndex([DAY]))[0]
+ASOF = decision_times(pd.DatetimeIndex([DAY]))[0]
 HEADLINES = [
     "Coca-Cola tops fourth-quarter profit estimates as pricing offsets weaker volumes",
     "$KO looking heavy into the close, watching 42 support",

@@ -3,15 +3,12 @@
 import datetime as dt
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from quantorch.cli.main import app
 from quantorch.config import load_config
 from quantorch.orchestrator.dataset import ToolSlot
-from quantorch.orchestrator.factory import build_orchestrator_strategy
 from quantorch.orchestrator.policy import load_checkpoint, save_checkpoint
 from quantorch.store import Store
 from quantorch.training.pipeline import train_from_config
@@ -50,64 +47,6 @@ def test_training_writes_a_checkpoint_with_provenance(small_checkpoint):
     assert small_checkpoint.with_suffix(".curve.csv").exists()
 
 
-@pytest.mark.slow
-def test_poisoned_future_over_the_whole_decision_path(small_checkpoint, loaded_db, monkeypatch):
-    """Overwrite every price after t with garbage: no target weight decided up to t changes."""
-    config = load_config().with_overrides({
-        **SHORT, "orchestrator.checkpoint": small_checkpoint, "backtest.strategy": "orchestrator",
-    })
-    store = Store(loaded_db)
-    from quantorch.data.service import load_panel
-    from quantorch.toolkit import market as market_module
-
-    panel = load_panel(store, "sample", config.universe, dt.date(2017, 1, 3), dt.date(2018, 6, 29))
-    dates = panel.dates[(panel.dates >= "2018-01-02")][::5]
-    cut = pd.Timestamp("2018-03-29")
-
-    def weights(poison: bool) -> pd.DataFrame:
-        real = market_module.load_market_data
-
-        def load(*args, **kwargs):
-            data = real(*args, **kwargs)
-            if not poison:
-                return data
-            rng = np.random.default_rng(0)
-            prices = data.prices
-            garbage = {}
-            for field in ("close", "open", "high", "low", "volume"):
-                frame = getattr(prices, field).copy()
-                after = frame.index > cut
-                frame.loc[after] = rng.uniform(1, 1e6, size=frame.loc[after].shape)
-                garbage[field] = frame
-            from dataclasses import replace
-
-            bench = data.benchmark
-            if bench is not None:
-                bench = bench.copy()
-                bench[bench.index > cut] = 1e9
-            factors = data.factors
-            if factors is not None:
-                factors = factors.copy()
-                factors[factors.index > cut] = 7.0
-            return replace(data, prices=type(prices)(**garbage), benchmark=bench, factors=factors)
-
-        monkeypatch.setattr(market_module, "load_market_data", load)
-        strategy = build_orchestrator_strategy(config, store)
-        used = panel
-        if poison:  # the strategy also sees the poisoned panel itself
-            used = load(store, "sample", config.universe, panel.dates[0].date(), panel.dates[-1].date()).prices
-        return strategy.target_weights(used, dates), strategy.log
-
-    clean, clean_log = weights(False)
-    dirty, dirty_log = weights(True)
-    upto = clean.index <= cut
-    pd.testing.assert_frame_equal(clean.loc[upto], dirty.loc[upto])
-    before = [d for d in clean_log.decisions if pd.Timestamp(d["decision_date"]) <= cut]
-    after_poison = [d for d in dirty_log.decisions if pd.Timestamp(d["decision_date"]) <= cut]
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("reward", "forward_return")} for r in rows]  # noqa: E731
-    assert strip(before) == strip(after_poison)  # same tools called, same positions
-
-
 def invoke(*args, env=None):
     return runner.invoke(app, list(args), env=env, catch_exceptions=False)
 
@@ -122,8 +61,8 @@ def test_unknown_orchestrator_and_profile(loaded_db):
 
 
 def test_strategy_and_orchestrator_are_exclusive(loaded_db):
-    result = invoke("backtest", "--start", "2020", "--strategy", "sma-cross", "--profile", "neutral",
-                    "--db", str(loaded_db))
+    result = invoke("backtest", "--start", "2020", "--strategy", "sma-cross", "--orchestrator",
+                    "policy", "--db", str(loaded_db))
     assert result.exit_code == 2 and "one or the other" in result.stderr
 
 
@@ -157,3 +96,17 @@ def test_profile_commands():
     assert {"neutral", "cautious-fundamental", "active-technical", "cost-conscious-quant"} <= names
     shown = invoke("profile", "show", "active-technical")
     assert shown.exit_code == 0 and "allow_short: true" in shown.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_takes_a_profile_file_whose_name_is_not_shipped(loaded_db, tmp_path):
+    mine = tmp_path / "my-style.yaml"
+    mine.write_text("name: my-style\ndescription: a trader's own profile\nrisk_aversion: 4\n"
+                    "tool_preferences: {risk: 1.0}\nlimits:\n  max_position: 0.06\n")
+    result = invoke("evaluate", "--start", "2022-01", "--end", "2022-03", "--profiles", str(mine),
+                    "--orchestrators", "policy,buy-and-hold", "--seeds", "1", "--json",
+                    "--db", str(loaded_db))
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert {(r["orchestrator"], r["profile"]) for r in rows} == {
+        ("policy", "my-style"), ("buy-and-hold", "my-style")}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantorch.data.calendar import decision_time, normalise_asof
 from quantorch.errors import (
     DataSourceUnavailableError,
     DateRangeError,
@@ -23,7 +24,7 @@ from quantorch.errors import (
 from quantorch.store import Store
 from quantorch.toolkit.base import PanelTool
 from quantorch.toolkit.registry import get_tool
-from quantorch.toolkit.runner import ToolRunner, decision_time, normalise_asof
+from quantorch.toolkit.runner import ToolRunner
 from quantorch.toolkit.spec import (
     MarketData,
     OutputField,

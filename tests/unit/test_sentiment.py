@@ -25,7 +25,6 @@ from quantorch.tools.sentiment import (
     MemoryPromptCache,
     StorePromptCache,
     build_messages,
-    decision_times_utc,
     embedder,
     item_embedding_scores,
     item_polarity,
@@ -35,6 +34,7 @@ from quantorch.tools.sentiment import (
     window_statistics,
 )
 
+from quantorch.data.calendar import decision_times
 from quantorch.data.news import read_news_file
 from quantorch.data.panel import PricePanel
 from quantorch.errors import ConfigError, UserInputError
@@ -115,7 +115,7 @@ def with_llm(data: MarketData, client: FakeChat | None = None) -> MarketData:
 
 
 def decision(day: str | pd.Timestamp) -> pd.Timestamp:
-    return decision_times_utc(pd.DatetimeIndex([pd.Timestamp(day)]))[0]
+    return decision_times(pd.DatetimeIndex([pd.Timestamp(day)]))[0]
 
 
 def call(data: MarketData, ticker: str, asof: pd.Timestamp, provider: str, **arguments):

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from quantorch.errors import UserInputError, closest
+from quantorch.errors import UserInputError, did_you_mean
 
 __all__ = ["PriceProvider", "get_provider", "benchmark_label", "PROVIDERS"]
 
@@ -69,8 +69,7 @@ def get_provider(name: str) -> PriceProvider | None:
         return YFinanceProvider()
     if name == "file":
         return None
-    hint = closest(name, PROVIDERS)
-    suggestion = f" (did you mean {hint}?)" if hint else ""
+    suggestion = did_you_mean(name, PROVIDERS)
     raise UserInputError(
         f"unknown data source '{name}'{suggestion}; available: {', '.join(PROVIDERS)}"
     )

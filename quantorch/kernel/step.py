@@ -1,0 +1,286 @@
+"""One session's decisions: the orchestrator (or a rule strategy) proposes, the RiskGuard disposes.
+
+:func:`decision_step` is the one decision path of quantorch. A backtest calls it at every
+decision date of a walk over the sessions; a paper cycle calls it once, for the session that
+just closed; both hand it the book as it really stands (:class:`~quantorch.kernel.book.BookState`)
+and the data known at that close, and both get back the same :class:`StepResult`: the target
+weights the RiskGuard let through, one decision row per ticker and one row per tool call.
+
+How a routing orchestrator decides (the same ``DecisionCore`` that training uses):
+
+1. the free inputs of the session's decision points (cheap price statistics, the position held,
+   the budget left, the trader profile) are observed;
+2. each step the orchestrator calls a tool slot or decides a position bucket; a called slot is
+   answered by the tool executor (panels or real calls) and its features, normalised with the
+   checkpoint's statistics, join the observation;
+3. the positions (fractions of the profile's max position) become proposed weights for the
+   tickers decided; tickers without a price today keep their weights;
+4. the RiskGuard (per-ticker, gross and net caps, turnover cap, drawdown kill switch with its
+   cooldown) turns proposals into target weights. No orchestrator output, tool output or news
+   text reaches a position without passing it.
+
+A rule strategy (buy-and-hold, sma-cross, a plug-in) proposes its own weights for the session
+(:class:`RuleWeights`) and passes the same guard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from quantorch.data import calendar
+from quantorch.kernel.book import BookState
+from quantorch.kernel.executor import ToolExecutor, coverage
+from quantorch.orchestrator.dataset import DecisionDataset, ToolSlot, normalise
+from quantorch.orchestrator.env import EnvConfig
+from quantorch.orchestrator.guard import GuardResult, apply_risk_guard
+from quantorch.orchestrator.orchestrators import Orchestrator, decide
+from quantorch.orchestrator.profiles import RiskLimits, TraderProfile
+from quantorch.toolkit.spec import ToolResult
+
+__all__ = ["RoutingSetup", "RuleWeights", "StepResult", "decision_step", "guard_step"]
+
+
+@dataclass(frozen=True)
+class RuleWeights:
+    """A rule strategy's proposals: target weights per decision date (NaN keeps a position)."""
+
+    name: str
+    weights: pd.DataFrame
+
+    def at(self, session: pd.Timestamp, tickers: Sequence[str]) -> np.ndarray:
+        if pd.Timestamp(session) not in self.weights.index:
+            return np.full(len(tickers), np.nan)
+        row = self.weights.loc[pd.Timestamp(session)]
+        return row.reindex(list(tickers)).to_numpy(dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class RoutingSetup:
+    """What a routing orchestrator needs besides the book: the slots it was trained on, the
+    statistics its inputs are normalised with, and the environment settings (costs)."""
+
+    orchestrator: Orchestrator
+    slots: tuple[ToolSlot, ...]
+    normalisation: dict[str, tuple[list[float], list[float]]]
+    env_config: EnvConfig
+    horizon: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one session's decisions.
+
+    ``target_weights`` covers every ticker of the book (weights of equity after the RiskGuard,
+    always within its limits); ``keep`` marks the tickers nothing was decided for (no price
+    today, or a rule strategy's NaN) whose weight the guard left as it was: they get no order.
+    ``decisions`` and ``tool_calls`` are rows for the store (``decision_id`` numbered from the
+    ``first_decision_id`` the step was given; each tool call names its decision); ``book`` is
+    the input book carrying the RiskGuard's new state (peak, kill-switch cooldown).
+    """
+
+    session: pd.Timestamp
+    target_weights: np.ndarray
+    keep: np.ndarray
+    decisions: tuple[dict, ...]
+    tool_calls: tuple[dict, ...]
+    book: BookState
+    killed: bool
+    guard_notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def order_targets(self) -> np.ndarray:
+        """The weights to trade to: ``target_weights`` with NaN where a position is kept."""
+        return np.where(self.keep, np.nan, self.target_weights)
+
+
+def guard_step(
+    book: BookState, session: pd.Timestamp, proposed: np.ndarray, limits: RiskLimits,
+    sessions: pd.DatetimeIndex | None = None,
+) -> tuple[GuardResult, BookState]:
+    """Apply the RiskGuard to ``proposed`` weights against the book, with the kill switch's
+    cooldown: while it runs the book stays flat; when it ends the switch re-arms from the
+    equity the book has then. Returns the guard's result and the book with its new risk state.
+    """
+    session = pd.Timestamp(session)
+    cooldown, peak = book.cooldown_until, book.peak_equity
+    if cooldown is not None and session >= cooldown:
+        cooldown, peak = None, book.equity  # re-armed: the drawdown counts from here
+    drawdown = -1.0 if cooldown is not None else (book.equity / peak - 1.0 if peak > 0 else 0.0)
+    guard = apply_risk_guard(proposed, book.weights, limits, drawdown=drawdown)
+    if guard.killed and cooldown is None:
+        cooldown = _sessions_later(session, limits.kill_cooldown_sessions, sessions)
+    return guard, book.with_risk(peak_equity=peak, cooldown_until=cooldown)
+
+
+def _sessions_later(session: pd.Timestamp, count: int, sessions: pd.DatetimeIndex | None) -> pd.Timestamp:
+    if sessions is not None and session in sessions:
+        position = sessions.get_loc(session) + count
+        return sessions[min(position, len(sessions) - 1)]
+    return calendar.shift_sessions(session, count)
+
+
+def decision_step(
+    book: BookState,
+    session: pd.Timestamp,
+    inputs: DecisionDataset | None,
+    profile: TraderProfile,
+    orchestrator: RoutingSetup | RuleWeights,
+    executor: ToolExecutor | None,
+    *,
+    first_decision_id: int = 0,
+    sessions: pd.DatetimeIndex | None = None,
+) -> StepResult:
+    """Decide one session for the book as it stands at its close.
+
+    Parameters
+    ----------
+    book
+        The book at ``session``'s close (shares, cash, marks, peak, kill-switch state).
+    session
+        The session whose close the decisions are taken at.
+    inputs
+        The session's decision points with their free inputs (from
+        :func:`~quantorch.orchestrator.dataset.decision_points`, rows of this session only);
+        slot features are filled by ``executor`` as the orchestrator calls. None for a rule
+        strategy.
+    profile
+        The trader profile: its limits feed the RiskGuard, its style the orchestrator.
+    orchestrator
+        A routing orchestrator with its slots and normalisation, or a rule strategy's weights.
+    executor
+        Answers the tool calls (None for a rule strategy).
+    first_decision_id
+        Number of the first decision row (a run numbers its decisions 0, 1, ...).
+    sessions
+        The session calendar of the run (to place the kill switch's cooldown end); None uses
+        the XNYS calendar.
+    """
+    session = pd.Timestamp(session)
+    limits = profile.limits
+    if isinstance(orchestrator, RuleWeights):
+        proposed = orchestrator.at(session, book.tickers)
+        guard, after = guard_step(book, session, proposed, limits, sessions)
+        return StepResult(session, guard.weights, _kept(proposed, guard, book), (), (), after,
+                          guard.killed, tuple(guard.notes))
+    if inputs is None or executor is None:
+        raise ValueError("a routing orchestrator needs the session's inputs and a tool executor")
+    return _route(book, session, inputs, profile, orchestrator, executor, first_decision_id,
+                  sessions)
+
+
+def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_id, sessions):
+    limits = profile.limits
+    index = {t: i for i, t in enumerate(book.tickers)}
+    tickers = [str(t) for t in inputs.tickers]
+    idx = np.array([index[t] for t in tickers], dtype=np.int64)
+    n = len(tickers)
+    results: dict[tuple[int, int], ToolResult] = {}
+
+    def reveal(slot_index: int, positions: np.ndarray) -> None:
+        slot = setup.slots[slot_index]
+        answered = executor.call(slot, [tickers[p] for p in positions], session)
+        raw = np.array([[r.features.get(f, math.nan) for f in slot.features] for r in answered],
+                       dtype=np.float64).reshape(len(positions), len(slot.features))
+        inputs.slot_features[slot_index][positions] = normalise(slot.key, raw, setup.normalisation)
+        inputs.slot_coverage[positions, slot_index] = [coverage(r, slot.features) for r in answered]
+        for p, result in zip(positions, answered, strict=True):
+            results[(int(p), slot_index)] = result
+
+    weights = book.weights
+    previous = np.clip(weights[idx] / limits.max_position, -1, 1) if n else np.zeros(0)
+    proposed = np.full(len(book.tickers), np.nan)  # undecided tickers keep their position
+    batch = None
+    if n:
+        batch = decide(setup.orchestrator, inputs, [profile], setup.env_config, np.arange(n),
+                       np.zeros(n, dtype=np.int64), previous, reveal)
+        proposed[idx] = batch.position * limits.max_position
+    guard, after = guard_step(book, session, proposed, limits, sessions)
+    keep = _kept(proposed, guard, book)
+    if batch is None:
+        return StepResult(session, guard.weights, keep, (), (), after, guard.killed,
+                          tuple(guard.notes))
+
+    fill_session = _next_session(session, sessions)
+    asof = calendar.decision_time(session)
+    reward = batch.terms.get("total", np.full(n, np.nan))
+    decisions, calls = [], []
+    for j, ticker in enumerate(tickers):
+        decision_id = first_id + j
+        order = batch.call_order[j]
+        known = math.isfinite(inputs.forward_return[j])
+        decisions.append({
+            "decision_id": decision_id,
+            "orchestrator": setup.orchestrator.name,
+            "profile": profile.name,
+            "ticker": ticker,
+            "decision_date": session.date(),
+            "fill_date": fill_session.date() if fill_session is not None else None,
+            "horizon": setup.horizon,
+            "tools_called": [setup.slots[k].key for k in order],
+            "n_calls": len(order),
+            "tool_cost_usd": float(batch.spent[j]),
+            "proposed_position": float(batch.position[j]),
+            "target_weight": float(guard.weights[idx[j]]),
+            "guard_note": guard.notes[idx[j]] or None,
+            "rationale": None,
+            "reward": float(reward[j]) if known else None,
+            "forward_return": float(inputs.forward_return[j]) if known else float("nan"),
+            "executor": executor.name,
+        })
+        for k in order:
+            calls.append(_call_row(results[(j, k)], setup.slots[k], asof, decision_id,
+                                   executor.name))
+    return StepResult(session, guard.weights, keep, tuple(decisions), tuple(calls), after,
+                      guard.killed, tuple(guard.notes))
+
+
+def _kept(proposed: np.ndarray, guard: GuardResult, book: BookState) -> np.ndarray:
+    """Tickers with no proposal whose weight the guard left as the book holds it."""
+    return ~np.isfinite(proposed) & (guard.weights == book.weights)
+
+
+def _next_session(session: pd.Timestamp, sessions: pd.DatetimeIndex | None) -> pd.Timestamp | None:
+    if sessions is not None and session in sessions:
+        position = sessions.get_loc(session)
+        return sessions[position + 1] if position + 1 < len(sessions) else None
+    return calendar.shift_sessions(session, 1)
+
+
+def _json_number(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _call_row(result: ToolResult, slot: ToolSlot, asof, decision_id: int, executor: str) -> dict:
+    outputs = {name: _json_number(result.features.get(name, math.nan)) for name in slot.features}
+    return {
+        "tool": slot.tool,
+        "provider": slot.provider,
+        "ticker": result.ticker,
+        "as_of": asof,
+        "arguments": json.dumps({}),
+        "outputs": json.dumps(outputs),
+        "summary": result.summary or None,
+        "coverage": coverage(result, slot.features),
+        "cost_usd": float(result.cost_usd),
+        "latency_ms": float(result.latency_ms),
+        "cache_hit": bool(result.cache_hit),
+        "error": result.error,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+        "decision_id": decision_id,
+        "executor": executor,
+    }
+
+
+def session_rows(dataset: DecisionDataset, session: pd.Timestamp) -> DecisionDataset:
+    """The rows of ``dataset`` decided at ``session`` (a copy, so an executor may fill it)."""
+    rows = np.flatnonzero(pd.DatetimeIndex(dataset.dates) == pd.Timestamp(session))
+    subset = dataset.subset(rows)
+    return replace(subset, slot_features=[f.copy() for f in subset.slot_features],
+                   slot_coverage=subset.slot_coverage.copy())
