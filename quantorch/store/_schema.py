@@ -1048,6 +1048,73 @@ _V7 = (
     ),
 )
 
+
+# ---- migration 8: paper accounts -------------------------------------------------------------
+# What a paper account is bound to (profile, orchestrator, universe, source, broker) so that a
+# changed profile is refused instead of silently trading under it, where its history starts (the
+# anchor every cycle loads its data from, so a paper account decides exactly as a backtest from
+# its first session would), and the RiskGuard state it carries from cycle to cycle.
+
+_V8 = (
+    """
+    CREATE TABLE paper_accounts (
+        account          VARCHAR   NOT NULL PRIMARY KEY,
+        profile          VARCHAR   NOT NULL,
+        profile_ref      VARCHAR   NOT NULL,
+        profile_hash     VARCHAR   NOT NULL,
+        strategy         VARCHAR   NOT NULL,
+        broker           VARCHAR   NOT NULL,
+        source           VARCHAR   NOT NULL,
+        universe         VARCHAR[] NOT NULL,
+        benchmark        VARCHAR,
+        rebalance        VARCHAR   NOT NULL,
+        initial_cash     DOUBLE    NOT NULL,
+        first_session    DATE      NOT NULL,
+        history_start    DATE      NOT NULL,
+        config_hash      VARCHAR   NOT NULL,
+        peak_equity      DOUBLE,
+        cooldown_until   DATE,
+        halted_reason    VARCHAR,
+        created_at       TIMESTAMP NOT NULL,
+        updated_at       TIMESTAMP NOT NULL
+    )
+    """,
+    "COMMENT ON TABLE paper_accounts IS 'One row per paper account: what it trades under, where "
+    "its history starts, the RiskGuard state carried between cycles, and whether it is halted'",
+    *(
+        f"COMMENT ON COLUMN paper_accounts.{column} IS {_quote(text)}"
+        for column, text in {
+            "account": "account name (--account); also the account of its orders, fills and ledger",
+            "profile": "trader profile the account trades under",
+            "profile_ref": "how the profile was given: a shipped profile's name or the absolute "
+                           "path of its YAML file (later cycles load it from there)",
+            "profile_hash": "hash of the profile's settings when the account was opened: a cycle "
+                            "under a changed profile is refused",
+            "strategy": "orchestrator (e.g. policy) or rule strategy that decides",
+            "broker": "sim (built-in) or alpaca",
+            "source": "price source of its cycles",
+            "universe": "tickers it trades",
+            "benchmark": "benchmark ticker its P&L is compared with; NULL when none",
+            "rebalance": "daily | weekly | monthly: which sessions decide (plus the first)",
+            "initial_cash": "cash deposited when the account was opened (USD)",
+            "first_session": "the session of its first cycle",
+            "history_start": "first session of price history every cycle loads (its warm-up "
+                             "before first_session), so decisions equal a backtest's from there",
+            "config_hash": "hash of the result-changing settings when it was opened",
+            "peak_equity": "highest equity at any close (the drawdown kill switch's reference)",
+            "cooldown_until": "set while the kill switch holds the book flat: the session it "
+                              "re-arms at",
+            "halted_reason": "why trading is stopped for the account (a failed reconciliation); "
+                             "NULL while it trades",
+            "created_at": "when it was opened (UTC)",
+            "updated_at": "when its row last changed (UTC)",
+        }.items()
+    ),
+    "ALTER TABLE cycles ADD COLUMN resume_step VARCHAR",
+    "COMMENT ON COLUMN cycles.resume_step IS 'the last step the cycle committed (kept when it "
+    "fails): a retry resumes after it; NULL: from the start'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
     Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
@@ -1056,6 +1123,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "equal-weight comparison and benchmark label on every run", _V5),
     Migration(6, "orders, broker fills, positions, cash ledger, paper cycles", _V6),
     Migration(7, "executor of decisions and tool calls; one forward-return definition", _V7),
+    Migration(8, "paper accounts; the step a failed cycle resumes after", _V8),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -51,6 +51,13 @@ __all__ = [
     "put_tool_cache",
     "update_order",
     "shares_held",
+    "account",
+    "accounts",
+    "cycles_of",
+    "extend_run",
+    "insert_account",
+    "update_account",
+    "upsert_equity_row",
     "upsert_cycle",
     "upsert_fundamentals",
     "upsert_positions",
@@ -169,8 +176,9 @@ _CASH_LEDGER = _table(
 _CYCLES = _table(
     "cycles",
     "account:VARCHAR profile:VARCHAR session:DATE status:VARCHAR run_id:VARCHAR broker:VARCHAR "
-    "started_at:TIMESTAMP updated_at:TIMESTAMP finished_at:TIMESTAMP message:VARCHAR",
-    optional="run_id broker finished_at message",
+    "started_at:TIMESTAMP updated_at:TIMESTAMP finished_at:TIMESTAMP message:VARCHAR "
+    "resume_step:VARCHAR",
+    optional="run_id broker finished_at message resume_step",
 )
 
 _CAST = frozenset({"DATE", "TIMESTAMP", "JSON"})
@@ -825,7 +833,9 @@ def upsert_cycle(
 
     The first call stores ``started_at``; later calls change ``status`` and ``message``, keep a
     stored ``run_id`` and ``broker`` unless given, and set ``finished_at`` when the status is
-    done, failed or missed (a cycle restarted after a failure clears it again).
+    done, failed or missed (a cycle restarted after a failure clears it again). ``resume_step``
+    follows every status but ``failed``: a failed cycle keeps the last step it committed, and a
+    retry resumes after it.
     """
     if status not in CYCLE_STATUSES:
         raise ValueError(f"cycle status {status!r} is not one of {', '.join(CYCLE_STATUSES)}")
@@ -833,10 +843,12 @@ def upsert_cycle(
     con.execute(
         """
         INSERT INTO cycles (account, profile, session, status, run_id, broker, started_at,
-                            updated_at, finished_at, message)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            updated_at, finished_at, message, resume_step)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (account, profile, session) DO UPDATE SET
             status = excluded.status,
+            resume_step = CASE WHEN excluded.status = 'failed' THEN cycles.resume_step
+                               ELSE excluded.status END,
             run_id = coalesce(excluded.run_id, cycles.run_id),
             broker = coalesce(excluded.broker, cycles.broker),
             updated_at = excluded.updated_at,
@@ -844,7 +856,8 @@ def upsert_cycle(
             message = excluded.message
         """,
         [account, profile, _session(session, "cycle session"), status, run_id, broker, now, now,
-         now if status in _FINISHED_CYCLE else None, message],
+         now if status in _FINISHED_CYCLE else None, message,
+         None if status == "failed" else status],
     )
 
 
@@ -934,3 +947,69 @@ def shares_held(con: Connection, account: str) -> dict[str, float]:
         [account],
     ).fetchall()
     return {str(ticker): float(quantity) for ticker, quantity in rows}
+
+
+# ---- paper accounts ----------------------------------------------------------------------------
+
+_ACCOUNTS = _table(
+    "paper_accounts",
+    "account:VARCHAR profile:VARCHAR profile_ref:VARCHAR profile_hash:VARCHAR strategy:VARCHAR broker:VARCHAR "
+    "source:VARCHAR universe:VARCHAR[] benchmark:VARCHAR rebalance:VARCHAR initial_cash:DOUBLE "
+    "first_session:DATE history_start:DATE config_hash:VARCHAR peak_equity:DOUBLE "
+    "cooldown_until:DATE halted_reason:VARCHAR created_at:TIMESTAMP updated_at:TIMESTAMP",
+    optional="benchmark peak_equity cooldown_until halted_reason",
+)
+
+
+def insert_account(con: Connection, account: Mapping[str, Any]) -> bool:
+    """Open a paper account (the ``paper_accounts`` columns); False when it already exists."""
+    now = _utcnow()
+    row = {**account, "created_at": now, "updated_at": now}
+    return _insert_frame(con, _ACCOUNTS, _frame([row], _ACCOUNTS),
+                         tail="ON CONFLICT (account) DO NOTHING") == 1
+
+
+def account(con: Connection, name: str) -> dict[str, Any] | None:
+    """The paper account ``name`` as a dict of its columns, or None."""
+    cursor = con.execute("SELECT * FROM paper_accounts WHERE account = ?", [name])
+    rows = cursor.fetchall()
+    if not rows:
+        return None
+    return dict(zip([d[0] for d in cursor.description], rows[0], strict=True))
+
+
+def accounts(con: Connection) -> list[str]:
+    """Names of the paper accounts, sorted."""
+    return [r[0] for r in con.execute("SELECT account FROM paper_accounts ORDER BY 1").fetchall()]
+
+
+def update_account(con: Connection, name: str, **changes: Any) -> None:
+    """Change an account's risk state or halt: ``peak_equity``, ``cooldown_until``,
+    ``halted_reason`` (None resumes trading)."""
+    allowed = {"peak_equity", "cooldown_until", "halted_reason"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot change {sorted(unknown)} of a paper account")
+    if not changes:
+        return
+    sets = ", ".join(f"{c} = ?" for c in changes)
+    con.execute(f"UPDATE paper_accounts SET {sets}, updated_at = ? WHERE account = ?",
+                [*changes.values(), _utcnow(), name])
+
+
+def cycles_of(con: Connection, account: str) -> pd.DataFrame:
+    """The account's cycles (every ``cycles`` column), by session."""
+    return con.execute("SELECT * FROM cycles WHERE account = ? ORDER BY session",
+                       [account]).df()
+
+
+def upsert_equity_row(con: Connection, run_id: str, row: Mapping[str, Any]) -> None:
+    """One session's equity of a run (a paper account's curve grows a row per cycle)."""
+    _insert_frame(con, _EQUITY, _frame([{**row, "run_id": run_id}], _EQUITY),
+                  verb="INSERT OR REPLACE")
+
+
+def extend_run(con: Connection, run_id: str, end_date: Session, metrics: Mapping[str, Any]) -> None:
+    """A paper account's run grows: its last session and metrics to date."""
+    con.execute("UPDATE runs SET end_date = ?, metrics = ? WHERE run_id = ?",
+                [_session(end_date, "end_date"), json.dumps(dict(metrics)), run_id])

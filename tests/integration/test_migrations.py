@@ -22,6 +22,7 @@ CREATED_BY = {
     2: ("fundamentals", "news", "tool_calls", "tool_cache"),
     3: ("decisions",),
     6: ("orders", "broker_fills", "positions", "cash_ledger", "cycles"),
+    8: ("paper_accounts",),
 }
 TABLES = tuple(t for tables in CREATED_BY.values() for t in tables)
 
