@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from quantorch.brokers import OrderAck
 from quantorch.kernel.execution import (
     Costs,
     Fill,
@@ -58,6 +59,8 @@ class SimulatedBroker:
     """
 
     name = "sim"
+    #: Its shares and cash are the store's ledger: the cycle has nothing to reconcile.
+    keeps_ledger = True
 
     def __init__(self, store: Store, account: str, costs: Costs) -> None:
         self.store = store
@@ -86,41 +89,38 @@ class SimulatedBroker:
         with self.store.connect(read_only=True) as con:
             return _ledger_cash(con, self.account)
 
-    def order(self, client_order_id: str) -> dict | None:
+    def order(self, client_order_id: str) -> OrderAck | None:
+        if not self.store.exists:
+            return None
         with self.store.connect(read_only=True) as con:
             rows = repository.orders_for(con, self.account)
         found = rows[rows["client_order_id"] == client_order_id]
-        return None if found.empty else found.iloc[0].to_dict()
+        return None if found.empty else _ack(found.iloc[0])
 
     def fills(self, session: pd.Timestamp | None = None) -> list[Fill]:
+        if not self.store.exists:
+            return []
         with self.store.connect(read_only=True) as con:
-            rows = repository.fills_for(con, self.account, session=session)
-        return [
-            Fill(
-                fill_id=r.broker_fill_id, client_order_id=r.client_order_id, ticker=r.ticker,
-                side=r.side, quantity=float(r.quantity), fill_price=float(r.fill_price),
-                notional=float(r.notional), fees=float(r.fees),
-                slippage_cost=float(r.slippage_cost) if pd.notna(r.slippage_cost) else 0.0,
-                decision_session=pd.Timestamp(r.decision_session),
-                fill_session=pd.Timestamp(r.fill_session),
-            )
-            for r in rows.itertuples(index=False)
-        ]
+            return _fills_of(repository.fills_for(con, self.account, session=session))
 
     # ---- orders ------------------------------------------------------------------------------
 
-    def submit(self, orders: Sequence[Order], *, run_id: str | None = None) -> int:
+    def submit(self, orders: Sequence[Order], *, run_id: str | None = None) -> list[OrderAck]:
         """Record the orders and accept them (the simulator accepts everything at once); an
         order already known keeps its state."""
         if not orders:
-            return 0
+            return []
+        ids = [o.client_order_id for o in orders]
         with self.store.transaction() as con:
-            new = repository.insert_order_intents(con, self.account, list(orders), broker=self.name,
-                                                  run_id=run_id)
-            known = repository.orders_for(con, self.account, status="intent")
-            for order_id in known["client_order_id"]:
+            repository.insert_order_intents(con, self.account, list(orders), broker=self.name,
+                                            run_id=run_id)
+            rows = repository.orders_for(con, self.account)
+            rows = rows[rows["client_order_id"].isin(ids)]
+            for order_id in rows.loc[rows["status"] == "intent", "client_order_id"]:
                 repository.update_order(con, order_id, status="submitted")
-        return new
+            rows = repository.orders_for(con, self.account)
+        known = {r.client_order_id: r for r in rows.itertuples(index=False)}
+        return [_ack(pd.Series(known[i]._asdict())) for i in ids]
 
     def settle(
         self,
@@ -151,8 +151,9 @@ class SimulatedBroker:
             held = repository.shares_held(con, self.account)
             shares = np.array([held.get(t, 0.0) for t in tickers])
             cash = _ledger_cash(con, self.account)
-            fills: list[Fill] = []
-            if orders:
+            if not orders:  # nothing open, or settled already (a restart): report those fills
+                fills = _fills_of(repository.fills_for(con, self.account, session=session))
+            else:
                 deltas = deltas_from_orders(orders, tickers)
                 done = execute(shares, cash, deltas, np.asarray(reference_prices, float),
                                self.costs)
@@ -173,6 +174,31 @@ class SimulatedBroker:
                 for t, q, m, v in zip(tickers, shares, marks, values, strict=True) if q != 0
             ])
         return fills
+
+
+def _fills_of(rows: pd.DataFrame) -> list[Fill]:
+    return [
+        Fill(
+            fill_id=r.broker_fill_id, client_order_id=r.client_order_id, ticker=r.ticker,
+            side=r.side, quantity=float(r.quantity), fill_price=float(r.fill_price),
+            notional=float(r.notional), fees=float(r.fees),
+            slippage_cost=float(r.slippage_cost) if pd.notna(r.slippage_cost) else 0.0,
+            decision_session=pd.Timestamp(r.decision_session),
+            fill_session=pd.Timestamp(r.fill_session),
+        )
+        for r in rows.itertuples(index=False)
+    ]
+
+
+def _ack(row: pd.Series) -> OrderAck:
+    filled = row.get("filled_quantity")
+    return OrderAck(
+        client_order_id=str(row["client_order_id"]),
+        status=str(row["status"]),
+        broker_order_id=row.get("broker_order_id") if pd.notna(row.get("broker_order_id")) else None,
+        filled_quantity=float(filled) if pd.notna(filled) else 0.0,
+        reason=row.get("reason") if pd.notna(row.get("reason")) else None,
+    )
 
 
 def _outcome(order: Order, filled: float, reference_price: float) -> tuple[str, str | None]:
