@@ -34,6 +34,7 @@ __all__ = [
     "BacktestConfig",
     "DatabaseConfig",
     "OrchestratorConfig",
+    "PaperConfig",
     "TrainingConfig",
     "ToolsConfig",
     "QuantorchConfig",
@@ -139,6 +140,30 @@ class ToolsConfig(_Strict):
     timeout_s: float = Field(30.0, gt=0, description="max seconds per tool call")
 
 
+class PaperConfig(_Strict):
+    """Scheduled paper trading (``quantorch paper``): which account, broker and schedule.
+
+    The account trades the top-level ``universe`` from ``data.source`` with the configured
+    orchestrator (or ``backtest.strategy``) under its ``profile`` and the ``backtest.rebalance``
+    schedule, exactly the decision path of a backtest.
+    """
+
+    account: str = Field("paper", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$",
+                         description="paper account name; accounts never touch each other")
+    broker: Literal["sim", "alpaca"] = Field(
+        "sim", description="sim (built in: the backtest's fill rules) or alpaca (paper API)")
+    profile: str | None = Field(None, description="trader profile (default: orchestrator.profile)")
+    initial_cash: float | None = Field(
+        None, gt=0, description="cash of a new sim account (default: backtest.initial_cash)")
+    cycle_offset_minutes: int = Field(
+        30, ge=0, le=600, description="minutes after each session's actual close a cycle runs")
+    misfire_grace_minutes: int = Field(
+        360, ge=1, le=7 * 24 * 60,
+        description="a cycle due while the trader was down still runs within this grace")
+    tool_calls: Literal["panel", "live"] = Field(
+        "live", description="paper cycles make real, logged tool calls by default")
+
+
 class DatabaseConfig(_Strict):
     """The DuckDB file that stores prices, runs and everything they produce."""
 
@@ -159,6 +184,7 @@ class QuantorchConfig(_Strict):
     orchestrator: OrchestratorConfig = OrchestratorConfig()
     training: TrainingConfig = TrainingConfig()
     tools: ToolsConfig = ToolsConfig()
+    paper: PaperConfig = PaperConfig()
     database: DatabaseConfig = DatabaseConfig()
     reports_dir: Path = Path("backtests")
     seed: int = Field(42, ge=0)
@@ -208,7 +234,8 @@ class QuantorchConfig(_Strict):
 
     def config_hash(self) -> str:
         """A stable hash of everything that changes a run's result (not paths)."""
-        payload = self.model_dump(mode="json", exclude={"database", "reports_dir", "training"})
+        payload = self.model_dump(mode="json",
+                                  exclude={"database", "reports_dir", "training", "paper"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

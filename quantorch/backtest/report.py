@@ -130,6 +130,9 @@ class ReportData:
         :func:`~quantorch.backtest.runner.tool_usage` output for orchestrator runs, else None.
     tool_calls
         One row per tool call (``as_of`` naive UTC, ``tool``, ``provider``, ``cost_usd``).
+    extra_sections
+        ``(anchor, heading, html)`` sections shown after the performance table (a paper
+        account's positions, orders, decisions); ``html`` is escaped already.
     """
 
     title: str
@@ -142,6 +145,7 @@ class ReportData:
     fills: pd.DataFrame
     tools: Mapping | None = None
     tool_calls: pd.DataFrame | None = None
+    extra_sections: Sequence[tuple[str, str, str]] = ()
 
 
 _LABELS = {
@@ -351,6 +355,7 @@ def write_report(path: Path, data: ReportData) -> Path:
     period = _dates(equity.index[[0, -1]]) if len(equity) > 1 else None
     sections = [
         ("performance", "Performance", _performance_section(data, comparisons)),
+        *data.extra_sections,
         ("equity", "Equity", _equity_section(lines)),
         ("drawdown", "Drawdown", _drawdown_section(equity, lines)),
         ("returns", "Annual and monthly returns", _returns_section(equity, lines)),
@@ -451,6 +456,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css: str = "") 
     )
     klass = f' class="{css}"' if css else ""
     return f"<table{klass}><tr>{head}</tr>{body}</table>"
+
+
+#: For pages built on this one (a paper account's): table cells must be escaped HTML.
+html_table = _table
+html_note = _note
+html_escape = _esc
 
 
 # --------------------------------------------------------------------------- sections

@@ -58,9 +58,11 @@ app.add_typer(data_app, name="data")
 def _register_commands() -> None:
     """Command groups that live in their own modules."""
     from quantorch.cli import news_cmd, orchestrator_cmd, query_cmd
+    from quantorch.cli.paper_cmd import paper_app
     from quantorch.cli.profile_cmd import profile_app
     from quantorch.cli.tools_cmd import tools_app
 
+    app.add_typer(paper_app, name="paper")
     app.add_typer(profile_app, name="profile")
     app.add_typer(tools_app, name="tools")
     orchestrator_cmd.register(app)

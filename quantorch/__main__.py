@@ -1,0 +1,5 @@
+"""``python -m quantorch``: the command line (what ``paper start --detach`` launches)."""
+
+from quantorch.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""Scheduled paper trading: cycles, the scheduler, accounts."""
