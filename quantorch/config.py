@@ -34,6 +34,7 @@ __all__ = [
     "BacktestConfig",
     "DatabaseConfig",
     "OrchestratorConfig",
+    "LLMConfig",
     "PaperConfig",
     "TrainingConfig",
     "ToolsConfig",
@@ -140,6 +141,39 @@ class ToolsConfig(_Strict):
     timeout_s: float = Field(30.0, gt=0, description="max seconds per tool call")
 
 
+class LLMConfig(_Strict):
+    """The LLM orchestrator's endpoint (``--orchestrator llm``): any OpenAI-compatible server,
+    e.g. ``vllm serve Qwen/Qwen3-8B --enable-auto-tool-choice --tool-call-parser hermes``
+    (``quantorch serve llm`` prints the command). The key itself never goes in a file: only the
+    *name* of the environment variable that holds it."""
+
+    base_url: str | None = Field(
+        None, description="the server's /v1 address, e.g. http://localhost:8000/v1; "
+        "none: --orchestrator llm is refused with the command to start one")
+    model: str = Field("Qwen/Qwen3-8B", min_length=1,
+                       description="model name as the server lists it (GET /v1/models)")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the API key (none: no key, "
+        "as for a local vllm serve)")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="seconds per request")
+    max_concurrency: int = Field(16, ge=1, le=1024,
+                                 description="requests in flight at once (vLLM batches them)")
+    max_retries: int = Field(3, ge=0, le=10,
+                             description="retries on timeouts, HTTP 429 and 5xx, with backoff")
+    usd_per_1m_input_tokens: float = Field(
+        0.05, ge=0, description="price of the orchestrator's prompt tokens (self-hosted 8B: "
+        "GPU hours / tokens served; hosted APIs: their price list)")
+    usd_per_1m_output_tokens: float = Field(0.20, ge=0,
+                                            description="price of its completion tokens")
+    training_cutoff: dt.date | None = Field(
+        dt.date(2024, 12, 31), description="the model's training-data cutoff: a backtest that "
+        "starts before it is flagged (the model may have seen the period)")
+    max_rounds: int = Field(6, ge=2, le=32, description="model replies per decision at most")
+    max_tokens: int = Field(512, ge=16, le=32768, description="tokens per reply at most")
+    temperature: float = Field(0.0, ge=0, le=2)
+
+
 class PaperConfig(_Strict):
     """Scheduled paper trading (``quantorch paper``): which account, broker and schedule.
 
@@ -185,6 +219,7 @@ class QuantorchConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     tools: ToolsConfig = ToolsConfig()
     paper: PaperConfig = PaperConfig()
+    llm: LLMConfig = LLMConfig()
     database: DatabaseConfig = DatabaseConfig()
     reports_dir: Path = Path("backtests")
     seed: int = Field(42, ge=0)
@@ -234,8 +269,10 @@ class QuantorchConfig(_Strict):
 
     def config_hash(self) -> str:
         """A stable hash of everything that changes a run's result (not paths)."""
-        payload = self.model_dump(mode="json",
-                                  exclude={"database", "reports_dir", "training", "paper"})
+        exclude = {"database", "reports_dir", "training", "paper"}
+        if self.orchestrator.name != "llm":
+            exclude.add("llm")  # the endpoint shapes only the llm orchestrator's decisions
+        payload = self.model_dump(mode="json", exclude=exclude)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

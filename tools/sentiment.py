@@ -16,13 +16,16 @@ the similarities at temperature 0.05); its score is P(positive) - P(negative), i
 The neutral anchors absorb routine company news and spam that a two-pole comparison would
 push to one side. No parameter is fitted on market data.
 
-``llm``: an OpenAI-compatible chat endpoint (e.g. ``vllm serve``), configured by
-``QUANTORCH_LLM_BASE_URL`` (e.g. http://localhost:8000/v1), ``QUANTORCH_LLM_MODEL``,
-``QUANTORCH_LLM_API_KEY`` (optional) and ``QUANTORCH_LLM_TIMEOUT`` (seconds, default 30). The
-most recent ``max_items`` headlines go in one prompt; the answer is requested as JSON
-``{score in [-1, 1], confidence in [0, 1], rationale}`` (``response_format`` json_schema) and
-validated; an answer out of range or malformed is refused (error result, still charged). The
-call is priced per token from the response's ``usage``. Answers are cached by a hash of
+``llm``: an OpenAI-compatible chat endpoint (e.g. ``vllm serve``) through the LLM port
+(:mod:`quantorch.llm`): the :class:`~quantorch.llm.LLMSettings` in ``MarketData.extras``
+(``llm_settings``), else those of ``QUANTORCH_LLM_BASE_URL`` (e.g. http://localhost:8000/v1),
+``QUANTORCH_LLM_MODEL``, ``QUANTORCH_LLM_API_KEY`` (optional) and ``QUANTORCH_LLM_TIMEOUT``
+(seconds, default 30), one attempt per call; a ``ChatModel`` in ``extras["llm_client"]``
+replaces the HTTP adapter. The most recent ``max_items`` headlines go in one prompt; the
+answer is requested as JSON ``{score in [-1, 1], confidence in [0, 1], rationale}``
+(``response_format`` json_schema) and validated; an answer out of range or malformed is
+refused (error result, still charged). The call is priced per token from the response's
+``usage``. Answers are cached by a hash of
 (model, prompt) in a :class:`PromptCache` (the store's ``tool_cache`` table when the runner
 puts the ``Store`` or a cache in ``MarketData.extras``), so a rerun costs nothing and says
 ``cache_hit``. Headlines are data, not instructions: they are sent JSON-encoded between
@@ -46,17 +49,23 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantorch.data.calendar import decision_times
-from quantorch.errors import ConfigError, UserInputError
-from quantorch.redact import redact, redact_url, register_secret, url_credential_secrets
+from quantorch.errors import UserInputError
+from quantorch.llm.port import ChatModel, ChatReply, LLMError, Usage
+from quantorch.llm.settings import (  # noqa: F401  (re-exported: the tool's historical names)
+    LLM_API_KEY_ENV,
+    LLM_BASE_URL_ENV,
+    LLM_MODEL_ENV,
+    LLM_TIMEOUT_ENV,
+    LLMSettings,
+)
+from quantorch.redact import redact
 from quantorch.toolkit.base import PanelTool
 from quantorch.toolkit.spec import (
     MarketData,
@@ -356,101 +365,7 @@ def window_statistics(
     }
 
 
-# ---- the LLM provider: settings, HTTP adapter, prompt cache ----------------------------------
-
-LLM_BASE_URL_ENV = "QUANTORCH_LLM_BASE_URL"
-LLM_MODEL_ENV = "QUANTORCH_LLM_MODEL"
-LLM_API_KEY_ENV = "QUANTORCH_LLM_API_KEY"
-LLM_TIMEOUT_ENV = "QUANTORCH_LLM_TIMEOUT"
-
-
-class LLMSettings(BaseModel):
-    """Where the OpenAI-compatible endpoint is and how to call it.
-
-    Nothing it shows is secret: the key is a :class:`~pydantic.SecretStr`, and a
-    ``user:password@`` in ``base_url`` is moved to ``basic_auth`` (a ``SecretStr``, sent as
-    HTTP basic auth), so ``repr``, ``str`` and ``model_dump`` can be logged. Both are
-    registered with :func:`quantorch.redact.register_secret`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str = Field(description="e.g. http://localhost:8000/v1 (vllm serve)")
-    model: str
-    api_key: SecretStr | None = None
-    basic_auth: SecretStr | None = Field(
-        None, description="user:password (as written in a URL), sent as HTTP basic auth"
-    )
-    timeout_s: float = Field(30.0, gt=0)
-    max_tokens: int = Field(300, ge=16)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_out_of_the_url(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not isinstance(data.get("base_url"), str):
-            return data
-        url = data["base_url"]
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return data  # httpx refuses it at call time, with a redacted message
-        if "@" not in parts.netloc:
-            return data
-        userinfo, _, host = parts.netloc.rpartition("@")
-        if data.get("basic_auth") is not None:
-            raise ValueError(
-                "credentials given twice: in base_url (user:password@) and in basic_auth"
-            )
-        register_secret(userinfo)
-        for secret in url_credential_secrets(url):
-            register_secret(secret)
-        return {**data, "base_url": urlunsplit(parts._replace(netloc=host)), "basic_auth": userinfo}
-
-    @model_validator(mode="after")
-    def _register_secrets(self) -> LLMSettings:
-        if self.api_key is not None:
-            register_secret(self.api_key.get_secret_value())
-        return self
-
-    def secrets(self) -> tuple[str, ...]:
-        """The secret values these settings hold (to mask in any text about the call)."""
-        values = []
-        if self.api_key is not None:
-            values.append(self.api_key.get_secret_value())
-        if self.basic_auth is not None:
-            userinfo = self.basic_auth.get_secret_value()
-            values.append(userinfo)
-            values.extend(url_credential_secrets(f"http://{userinfo}@host"))
-        return tuple(v for v in values if v)
-
-    @classmethod
-    def from_env(cls) -> LLMSettings:
-        base_url = os.environ.get(LLM_BASE_URL_ENV, "").strip()
-        model = os.environ.get(LLM_MODEL_ENV, "").strip()
-        if not base_url or not model:
-            raise ConfigError(
-                f"sentiment:llm needs an OpenAI-compatible endpoint: set {LLM_BASE_URL_ENV} "
-                f"(e.g. http://localhost:8000/v1 for `vllm serve MODEL`) and {LLM_MODEL_ENV}"
-            )
-        try:
-            timeout = float(os.environ.get(LLM_TIMEOUT_ENV, "30"))
-        except ValueError:
-            raise ConfigError(f"{LLM_TIMEOUT_ENV} must be a number of seconds") from None
-        try:
-            return cls(
-                base_url=base_url,
-                model=model,
-                api_key=os.environ.get(LLM_API_KEY_ENV) or None,
-                timeout_s=timeout,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "settings"
-            # the message only: pydantic's text quotes the input, which may be the key or URL
-            raise ConfigError(
-                f"sentiment:llm settings from the environment are invalid ({field}: "
-                f"{redact(first['msg'])}); check {LLM_BASE_URL_ENV}, {LLM_TIMEOUT_ENV}"
-            ) from None
+# ---- the LLM provider: the port, the answer, the prompt cache --------------------------------
 
 
 class LLMSentiment(BaseModel):
@@ -475,148 +390,8 @@ ANSWER_SCHEMA = {
 }
 
 
-@dataclass(frozen=True)
-class ChatReply:
-    """The parts of a chat.completion response the tool uses."""
-
-    content: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    model: str | None
-    finish_reason: str | None
-
-
-class LLMCallError(Exception):
-    """A call that produced no usable answer; carries the tokens it used, if known, and what
-    the operator should do (``kind``: temporary, input or tool, as in ToolResult.error_kind)."""
-
-    def __init__(
-        self, message: str, reply: ChatReply | None = None, kind: str = "tool"
-    ) -> None:
-        super().__init__(message)
-        self.reply = reply
-        self.kind = kind
-
-
-class OpenAIChatClient:
-    """POST {base_url}/chat/completions over httpx (pass ``transport`` to route it elsewhere).
-
-    Every message it raises is redacted (:func:`quantorch.redact.redact`): the URL never shows
-    credentials, and of a refused answer's body only a short redacted excerpt is kept (servers
-    may echo the request's headers).
-    """
-
-    def __init__(self, settings: LLMSettings, transport=None) -> None:
-        self.settings = settings
-        self.transport = transport
-
-    def complete(self, body: dict[str, Any]) -> ChatReply:
-        import httpx
-
-        settings = self.settings
-        secrets = settings.secrets()
-        url = f"{settings.base_url.rstrip('/')}/chat/completions"
-        shown = redact(redact_url(url), secrets)
-        headers = {"Content-Type": "application/json"}
-        if settings.api_key is not None and settings.api_key.get_secret_value():
-            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        auth = None
-        if settings.basic_auth is not None:
-            # credentials written in the URL: basic auth, as httpx would send them from the URL
-            user, _, password = settings.basic_auth.get_secret_value().partition(":")
-            auth = httpx.BasicAuth(unquote(user), unquote(password))
-        try:
-            with httpx.Client(timeout=settings.timeout_s, transport=self.transport) as client:
-                response = client.post(url, json=body, headers=headers, auth=auth)
-        except httpx.TimeoutException as exc:
-            raise LLMCallError(
-                f"LLM endpoint {shown} timed out after {settings.timeout_s:g}s "
-                f"(raise {LLM_TIMEOUT_ENV} or check the server)",
-                kind="temporary",
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise LLMCallError(
-                f"{LLM_BASE_URL_ENV} is not a usable http(s) URL: {shown} "
-                f"({redact(str(exc), secrets)}); e.g. http://localhost:8000/v1",
-                kind="input",
-            ) from exc
-        except httpx.TransportError as exc:
-            raise LLMCallError(
-                f"LLM endpoint unreachable at {redact(redact_url(settings.base_url), secrets)} "
-                f"({type(exc).__name__}: {redact(str(exc), secrets)}); "
-                f"start the server or set {LLM_BASE_URL_ENV}",
-                kind="temporary",
-            ) from exc
-        if response.status_code != 200:
-            hint = ""
-            if response.status_code in (401, 403):
-                hint = f"; check {LLM_API_KEY_ENV} (or the user:password in {LLM_BASE_URL_ENV})"
-            excerpt = _error_excerpt(response.text, secrets)
-            status = response.status_code
-            raise LLMCallError(
-                f"LLM endpoint {shown} answered HTTP {status}"
-                + (f": {excerpt!r}" if excerpt else "")
-                + hint,
-                # rate limits and server errors pass; a refused key or unknown model is a setting
-                kind="temporary" if status == 429 or status >= 500 else "input",
-            )
-        try:
-            envelope = response.json()
-            choice = envelope["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise LLMCallError(
-                f"LLM endpoint {shown} did not answer in the OpenAI chat.completion format "
-                f"(is {LLM_BASE_URL_ENV} the server's /v1 address?)",
-                kind="input",
-            ) from exc
-        usage = envelope.get("usage") or {}
-        content = message.get("content")
-        if not content and message.get("tool_calls"):  # some servers return JSON as a tool call
-            try:
-                content = message["tool_calls"][0]["function"]["arguments"]
-            except (KeyError, IndexError, TypeError):
-                content = None
-        return ChatReply(
-            content=content,
-            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-            completion_tokens=_int_or_none(usage.get("completion_tokens")),
-            model=envelope.get("model"),
-            finish_reason=choice.get("finish_reason"),
-        )
-
-
-#: Characters of a refused answer's body kept in the error (after redaction).
-ERROR_EXCERPT_CHARS = 120
-
-
-def _error_excerpt(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """A short, redacted excerpt of an error body: its ``message`` when it is an OpenAI or
-    vLLM error object, else the start of the text. Never the body verbatim: a server may echo
-    the request's Authorization header or URL."""
-    message = text or ""
-    try:
-        payload = json.loads(message)
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
-        inner = payload.get("error", payload)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            message = inner["message"]
-        elif isinstance(inner, str):
-            message = inner
-    # redact the whole text first (a cut could split a secret and hide it from the masks)
-    message = " ".join(redact(message, secrets).split())
-    if len(message) > ERROR_EXCERPT_CHARS:
-        message = message[: ERROR_EXCERPT_CHARS - 3] + "..."
-    return redact(message, secrets)
-
-
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+#: the names the tool exported before the LLM port moved to :mod:`quantorch.llm`
+LLMCallError = LLMError
 
 
 class PromptCache(Protocol):
@@ -789,7 +564,8 @@ class SentimentTool(PanelTool):
     def panel(
         self, data: MarketData, provider: ProviderSpec, tickers: list[str], dates: pd.DatetimeIndex
     ) -> dict[str, pd.DataFrame]:
-        """Features at the close of each of ``dates`` (only the news those windows hold is scored)."""
+        """Features at the close of each of ``dates`` (only the news those windows hold is
+        scored)."""
         dates = pd.DatetimeIndex(dates)
         if provider.name == "llm":
             return self._llm_series(data, provider, list(tickers), dates)
@@ -891,11 +667,15 @@ class SentimentTool(PanelTool):
                     f"{features['sentiment_confidence']:.0%} agree"
                 )
             summary = (
-                f"sentiment ({provider.name}) {request.ticker}: {math.expm1(features['news_count']):.0f} "
-                f"items in the last {days}, mean score {features['sentiment_score']:+.2f}{extra}"
+                f"sentiment ({provider.name}) {request.ticker}: "
+                f"{math.expm1(features['news_count']):.0f} items in the last {days}, "
+                f"mean score {features['sentiment_score']:+.2f}{extra}"
             )
         else:
-            summary = f"sentiment ({provider.name}) {request.ticker}: no news in the last {days} (neutral)"
+            summary = (
+                f"sentiment ({provider.name}) {request.ticker}: no news in the last {days} "
+                "(neutral)"
+            )
         return self._result(
             request,
             provider,
@@ -991,7 +771,6 @@ class SentimentTool(PanelTool):
                 started=started,
             )
         settings = data.extras.get("llm_settings") or LLMSettings.from_env()
-        client = data.extras.get("llm_client") or OpenAIChatClient(settings)
         body = {
             "model": settings.model,
             "messages": build_messages(request.ticker, asof, lookback, kept),
@@ -1026,22 +805,27 @@ class SentimentTool(PanelTool):
                 output_tokens=0,
             )
         try:
-            reply = client.complete(body)
-        except LLMCallError as exc:
-            return self._llm_failure(request, provider, asof, started, str(exc), exc.reply, body,
-                                     kind=exc.kind)
+            reply = _chat(data.extras.get("llm_client"), settings, body)
+        except LLMError as exc:
+            used = exc.usage if exc.usage.total_tokens else None
+            return self._llm_failure(request, provider, asof, started, str(exc), used, None,
+                                     body, kind=exc.kind)
+        content = reply.content
+        if not content and reply.tool_calls:  # some servers return the JSON as a tool call
+            content = reply.tool_calls[0].arguments
         try:
-            answer = parse_answer(reply.content)
+            answer = parse_answer(content)
         except ValueError as exc:
             cut = " (cut at max_tokens)" if reply.finish_reason == "length" else ""
             return self._llm_failure(
-                request, provider, asof, started, f"LLM answer refused: {exc}{cut}", reply, body
+                request, provider, asof, started, f"LLM answer refused: {exc}{cut}",
+                reply.usage, content, body,
             )
         # the rationale is free text from the server: cached (tool_cache) and shown, so masked
         answer = answer.model_copy(
             update={"rationale": redact(answer.rationale, settings.secrets())}
         )
-        input_tokens, output_tokens, estimated = _tokens(reply, body)
+        input_tokens, output_tokens, estimated = _tokens(reply.usage, content, body)
         cost = provider.token_cost_usd(input_tokens, output_tokens)
         cache.put(
             key,
@@ -1078,13 +862,14 @@ class SentimentTool(PanelTool):
         )
 
     def _llm_failure(
-        self, request, provider, asof, started, message, reply, body, kind="tool"
+        self, request, provider, asof, started, message, usage, content, body, kind="tool"
     ) -> ToolResult:
+        """An error result; charged for the tokens a refused answer used (``usage``)."""
         features = {name: math.nan for name in self.spec.output_names}
         input_tokens = output_tokens = None
         cost = 0.0
-        if reply is not None:
-            input_tokens, output_tokens, _ = _tokens(reply, body)
+        if usage is not None:
+            input_tokens, output_tokens, _ = _tokens(usage, content, body)
             cost = provider.token_cost_usd(input_tokens, output_tokens)
         return self._result(
             request,
@@ -1111,17 +896,25 @@ class SentimentTool(PanelTool):
         )
 
 
-def _tokens(reply: ChatReply, body: dict) -> tuple[int, int, bool]:
-    """Tokens billed: the response's usage, else an estimate (4 characters a token)."""
-    if reply.prompt_tokens is not None and reply.completion_tokens is not None:
-        return reply.prompt_tokens, reply.completion_tokens, False
+def _chat(client: ChatModel | None, settings: LLMSettings, body: dict) -> ChatReply:
+    """One request for ``body`` through the LLM port (``client`` from ``MarketData.extras``,
+    else the OpenAI-compatible adapter for ``settings``); raises LLMError."""
+    from quantorch.llm.client import OpenAIChatModel, chat_sync
+
+    options = {k: body[k] for k in ("temperature", "max_tokens", "response_format")}
+    if client is not None:
+        return chat_sync(client, body["messages"], **options)
+    return OpenAIChatModel(settings).complete_sync(body["messages"], **options)
+
+
+def _tokens(usage: Usage, content: str | None, body: dict) -> tuple[int, int, bool]:
+    """Tokens billed: the response's usage, else an estimate (4 characters a token) of the
+    counts it lacks (a count of 0 in an incomplete usage is taken as missing)."""
+    if usage.reported:
+        return usage.prompt_tokens, usage.completion_tokens, False
     prompt_chars = sum(len(m["content"]) for m in body["messages"])
-    prompt = reply.prompt_tokens if reply.prompt_tokens is not None else math.ceil(prompt_chars / 4)
-    completion = (
-        reply.completion_tokens
-        if reply.completion_tokens is not None
-        else math.ceil(len(reply.content or "") / 4)
-    )
+    prompt = usage.prompt_tokens or math.ceil(prompt_chars / 4)
+    completion = usage.completion_tokens or math.ceil(len(content or "") / 4)
     return prompt, completion, True
 
 
@@ -1135,7 +928,6 @@ __all__ = [
     "LLMSentiment",
     "LLMSettings",
     "MemoryPromptCache",
-    "OpenAIChatClient",
     "PromptCache",
     "SentimentTool",
     "StorePromptCache",

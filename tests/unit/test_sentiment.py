@@ -38,6 +38,7 @@ from quantorch.data.calendar import decision_times
 from quantorch.data.news import read_news_file
 from quantorch.data.panel import PricePanel
 from quantorch.errors import ConfigError, UserInputError
+from quantorch.llm import Usage
 from quantorch.store import Store
 from quantorch.toolkit.spec import MarketData, ToolRequest
 
@@ -89,18 +90,23 @@ class FakeChat:
     def __init__(self) -> None:
         self.bodies: list[dict] = []
 
-    def complete(self, body: dict) -> ChatReply:
+    model = "fake-8b"
+
+    async def chat(self, messages, tools=None, **options) -> ChatReply:  # the LLM port
+        body = {"messages": messages, **options}
         self.bodies.append(body)
         user = body["messages"][1]["content"]
         digest = int(hashlib.sha256(user.encode()).hexdigest()[:8], 16)
         answer = {"score": (digest % 2001 - 1000) / 1000, "confidence": 0.5, "rationale": "fake"}
         return ChatReply(
             content=json.dumps(answer),
-            prompt_tokens=len(user) // 4 + 150,
-            completion_tokens=25,
+            usage=Usage(prompt_tokens=len(user) // 4 + 150, completion_tokens=25),
             model="fake-8b",
             finish_reason="stop",
         )
+
+    async def aclose(self) -> None:
+        pass
 
 
 def with_llm(data: MarketData, client: FakeChat | None = None) -> MarketData:
