@@ -54,6 +54,12 @@ BASELINE_STRATEGIES = ("buy-and-hold",)
 EVALUATED = (*ORCHESTRATORS, *BASELINE_STRATEGIES)
 
 
+def default_evaluated(config: QuantorchConfig) -> tuple[str, ...]:
+    """What ``quantorch evaluate`` compares by default: every orchestrator and rule baseline,
+    the ``llm`` one only when an endpoint is configured (``llm.base_url``)."""
+    return tuple(n for n in EVALUATED if n != "llm" or config.llm.base_url)
+
+
 @dataclass
 class EvaluationRow:
     """Figures for one (orchestrator, profile)."""
@@ -98,6 +104,8 @@ class Evaluation:
     rows: list[EvaluationRow]
     targets: dict
     report_path: Path | None = None
+    #: Set when the llm orchestrator was evaluated over its model's training period.
+    training_window: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -106,6 +114,7 @@ class Evaluation:
             "report_path": str(self.report_path) if self.report_path else None,
             "results": [r.to_json() for r in self.rows],
             "targets": self.targets,
+            "training_window": self.training_window,
         }
 
 
@@ -165,8 +174,8 @@ def _row(name: str, profile: TraderProfile, runs: list[Simulated], seed: int) ->
     half = 1.96 * float(np.std(sharpes, ddof=1)) / math.sqrt(len(sharpes)) if len(sharpes) > 1 else 0.0
     tools = [r.tools or {} for r in runs]
 
-    def avg(key: str) -> float:
-        return float(np.mean([t.get(key, 0.0) or 0.0 for t in tools]))
+    def avg(key: str, fallback: str | None = None) -> float:
+        return float(np.mean([t.get(key, t.get(fallback, 0.0)) or 0.0 for t in tools]))
 
     return EvaluationRow(
         orchestrator=name,
@@ -175,8 +184,10 @@ def _row(name: str, profile: TraderProfile, runs: list[Simulated], seed: int) ->
         cagr=float(np.mean([m["cagr"] for m in metrics])),
         max_drawdown=float(np.mean([m["max_drawdown"] for m in metrics])),
         turnover=float(np.mean([m["turnover"] for m in metrics])),
-        tool_cost_usd=avg("tool_cost_usd"),
-        tool_cost_per_decision_usd=avg("tool_cost_per_decision_usd"),
+        # the decision's whole bill: the tools', plus the llm orchestrator's own tokens
+        tool_cost_usd=avg("decision_cost_usd", "tool_cost_usd"),
+        tool_cost_per_decision_usd=avg("decision_cost_per_decision_usd",
+                                       "tool_cost_per_decision_usd"),
         calls_per_decision=avg("calls_per_decision"),
         preference_adherence=_preference_adherence(first.decisions, profile),
         tool_share=_tool_share(first.tool_calls),
@@ -246,7 +257,7 @@ def evaluate(
     config: QuantorchConfig,
     store: Store,
     profiles: Sequence[TraderProfile],
-    orchestrators: Sequence[str] = EVALUATED,
+    orchestrators: Sequence[str] | None = None,
     seeds: int = 5,
     progress: Progress = SILENT,
 ) -> Evaluation:
@@ -255,6 +266,7 @@ def evaluate(
     # deferred: the kernel imports torch (seconds); `quantorch evaluate` checks names first
     from quantorch.kernel.factory import build_participant, load_policies
 
+    orchestrators = tuple(orchestrators or default_evaluated(config))
     policies = load_policies(config, need_all_tools="all-tools" in orchestrators)
     cache: dict = {}  # tool panels and datasets, computed once per checkpoint
     rows: list[EvaluationRow] = []
@@ -288,12 +300,18 @@ def evaluate(
             row.per_seed_sharpe = row.per_seed_sharpe * seeds
         rows.append(row)
     targets = check_targets(rows, profiles)
+    window = None
+    if "llm" in orchestrators and start is not None:
+        from quantorch.llm.window import training_window
+
+        window = training_window(config.llm.model, config.llm.training_cutoff, start, end)
     evaluation = Evaluation(
         run_id=f"ev-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
         start=start,
         end=end,
         rows=rows,
         targets=targets,
+        training_window=window,
     )
     folder = Path(config.reports_dir)
     remove_stale_partials(folder)

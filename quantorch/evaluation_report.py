@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from quantorch.backtest.report import write_page
+from quantorch.backtest.report import WARNING_KEYS, write_page
 from quantorch.store import code_version
 
 if TYPE_CHECKING:
@@ -94,8 +94,11 @@ def write_evaluation_report(evaluation: Evaluation, folder: Path) -> Path:
         "seeds": ", ".join(sorted({str(r.seeds) for r in rows})) or "n/a",
         "code version": code_version(),
     }
+    if evaluation.training_window is not None:
+        meta["training window"] = evaluation.training_window["message"]
     meta_rows = "".join(
-        f'<tr><td class="key"><b>{_esc(k)}</b></td><td>{_esc(v)}</td></tr>' for k, v in meta.items()
+        f'<tr class="{"warning" if k in WARNING_KEYS else "fact"}"><td class="key"><b>{_esc(k)}'
+        f'</b></td><td>{_esc(v)}</td></tr>' for k, v in meta.items()
     )
     body = "\n".join(
         [

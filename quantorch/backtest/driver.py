@@ -44,6 +44,7 @@ class Walk:
     equity: pd.Series  # the kernel's own equity at each close
     decisions: list[dict] = field(default_factory=list)
     tool_calls: list[dict] = field(default_factory=list)
+    transcripts: list[dict] = field(default_factory=list)
     kill_sessions: list[pd.Timestamp] = field(default_factory=list)
     #: The RiskGuard's target weights of each decision date (over the panel's tickers).
     targets: dict[pd.Timestamp, np.ndarray] = field(default_factory=dict)
@@ -102,6 +103,7 @@ def walk(
             book = outcome.book
             result.decisions.extend(outcome.decisions)
             result.tool_calls.extend(outcome.tool_calls)
+            result.transcripts.extend(outcome.transcripts)
             result.targets[session] = outcome.target_weights
             if outcome.killed:
                 result.kill_sessions.append(session)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from quantorch.backtest.report import Comparison, ReportData, remove_stale_partials, write_report
-from quantorch.backtest.runner import equal_weight_label, run_meta, tool_usage
+from quantorch.backtest.runner import equal_weight_label, llm_training_window, run_meta, tool_usage
 from quantorch.data.providers import benchmark_label
 from quantorch.errors import UserInputError, closest
 from quantorch.store import Store
@@ -104,6 +104,12 @@ def load_report_data(store: Store, run_id: str) -> tuple[ReportData, Path]:
             "ORDER BY as_of",
             [run_id],
         ).df()
+        transcripts = con.execute(
+            "SELECT model, prompt_tokens, completion_tokens, cost_usd, rounds, cached_rounds, "
+            "fallback, corrections, latency_ms FROM llm_transcripts WHERE run_id = ? "
+            "ORDER BY decision_id",
+            [run_id],
+        ).df()
     if equity_rows.empty:
         raise UserInputError(f"run {run_id} has no stored equity: nothing to report")
     index = pd.DatetimeIndex(pd.to_datetime(equity_rows["date"]), name="date")
@@ -136,7 +142,8 @@ def load_report_data(store: Store, run_id: str) -> tuple[ReportData, Path]:
     tools = None
     if len(decisions):
         decisions["tools_called"] = decisions["tools_called"].map(list)
-        tools = tool_usage(decisions, tool_calls, fills, equity)
+        tools = tool_usage(decisions, tool_calls, fills, equity,
+                           transcripts if len(transcripts) else None)
     config = _json(run["config"]) or {}
     costs = config.get("costs", {})
     meta = run_meta(
@@ -147,6 +154,9 @@ def load_report_data(store: Store, run_id: str) -> tuple[ReportData, Path]:
         initial_cash=float(config.get("backtest", {}).get("initial_cash", equity.iloc[0])),
         seed=int(run["seed"]), config_hash=run["config_hash"], code=run["code_version"],
     )
+    window = llm_training_window(config, index[0].date(), index[-1].date())
+    if window is not None:
+        meta["training window"] = window["message"]
     data = ReportData(
         title=f"quantorch backtest {run_id}: {run['strategy']}",
         meta=meta,

@@ -196,7 +196,9 @@ table { border-collapse: collapse; font-size: .85rem; margin: .4rem 0; }
 th, td { padding: .25rem .7rem; border-bottom: 1px solid #eee; text-align: right; }
 th { background: #f6f6f6; vertical-align: bottom; max-width: 16rem; }
 td.key, th.key { text-align: left; }
-table.meta td { text-align: left; } .note { color: #555; font-size: .85rem; max-width: 60rem; }
+table.meta td { text-align: left; }
+tr.warning td { color: #9a3412; background: #fff7ed; }
+.note { color: #555; font-size: .85rem; max-width: 60rem; }
 .trades { max-height: 32rem; overflow-y: auto; display: inline-block; }
 nav { font-size: .85rem; margin: .6rem 0 1rem; line-height: 1.6; }
 nav a { margin-right: .8rem; color: #1f5fa8; text-decoration: none; }
@@ -434,9 +436,14 @@ def _note(text: str) -> str:
     return f'<p class="note">{text}</p>'
 
 
+#: Header facts shown as warnings (e.g. an LLM run over its model's training period).
+WARNING_KEYS = ("training window",)
+
+
 def _meta_table(meta: Mapping[str, str]) -> str:
     rows = "".join(
-        f'<tr><td class="key"><b>{_esc(k)}</b></td><td>{_esc(v)}</td></tr>' for k, v in meta.items()
+        f'<tr class="{"warning" if k in WARNING_KEYS else "fact"}"><td class="key"><b>{_esc(k)}'
+        f'</b></td><td>{_esc(v)}</td></tr>' for k, v in meta.items()
     )
     return f'<table class="meta">{rows}</table>'
 
@@ -890,6 +897,19 @@ def _tools_section(tools: Mapping | None, tool_calls: pd.DataFrame | None) -> st
                 _number(tools.get("tool_cost_bps_of_traded_notional"), 4),
             ),
         ]
+        llm = tools.get("llm")
+        if llm:  # the llm orchestrator's own bill and behaviour
+            rows += [
+                ("Orchestrator model", str(llm["model"])),
+                ("Model tokens per decision", _format(llm["tokens_per_decision"], "int")),
+                ("Model cost (USD)", _usd(llm["cost_usd"], 4)),
+                ("Decision cost per decision, tools + model (USD)",
+                 _usd(tools.get("decision_cost_per_decision_usd"), 5)),
+                ("Requests answered from the transcript cache",
+                 f"{llm['cached_requests']:,} of {llm['requests']:,}"),
+                ("Fallbacks (position kept) / corrective re-prompts",
+                 f"{llm['fallbacks']:,} ({llm['fallback_rate']:.1%}) / {llm['corrections']:,}"),
+            ]
         summary = "".join(
             f'<tr><td class="key">{_esc(k)}</td><td>{_esc(v)}</td></tr>' for k, v in rows
         )

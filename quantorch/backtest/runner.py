@@ -58,6 +58,7 @@ __all__ = [
     "run_backtest",
     "run_meta",
     "simulate_config",
+    "llm_training_window",
     "tool_usage",
 ]
 
@@ -89,6 +90,8 @@ class BacktestOutcome:
     tools: dict | None = None
     #: Why the report could not be written (the run is stored; ``quantorch report`` retries).
     report_error: str | None = None
+    #: Set when an llm orchestrator ran over a period its training data covers.
+    training_window: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -105,6 +108,7 @@ class BacktestOutcome:
             "equal_weight": {"label": self.equal_weight_label, "metrics": self.equal_weight_metrics},
             "fills": self.fills,
             "tools": self.tools,
+            "training_window": self.training_window,
         }
 
 
@@ -130,6 +134,10 @@ class Simulated:
     #: The equal-weight buy-and-hold of the universe, same engine and costs.
     equal_weight: SimulationResult | None = None
     equal_weight_metrics: dict[str, float | None] | None = None
+    #: The llm orchestrator's conversations (rows of ``llm_transcripts``), if it decided.
+    transcripts: pd.DataFrame | None = None
+    #: Set when the llm orchestrator ran over a period its training data covers.
+    training_window: dict | None = None
 
     @property
     def benchmark_label(self) -> str | None:
@@ -195,11 +203,12 @@ def simulate_config(
     check_agreement(walked.equity, result.equity)
     equity = result.equity
     metrics = _clean(performance_metrics(equity, result.fills, result.gross_exposure))
-    decisions = tool_calls = tools = None
+    decisions = tool_calls = tools = transcripts = None
     if walked.decisions:
         decisions = pd.DataFrame(walked.decisions)
         tool_calls = pd.DataFrame(walked.tool_calls, columns=_TOOL_CALL_FIELDS)
-        tools = tool_usage(decisions, tool_calls, result.fills, equity)
+        transcripts = pd.DataFrame(walked.transcripts) if walked.transcripts else None
+        tools = tool_usage(decisions, tool_calls, result.fills, equity, transcripts)
 
     hold = get_strategy("buy-and-hold").target_weights(trading, decision_dates[:1])
     equal_weight = simulate(trading, hold, costs, config.backtest.initial_cash)
@@ -229,7 +238,25 @@ def simulate_config(
         tools=tools,
         equal_weight=equal_weight,
         equal_weight_metrics=equal_weight_metrics,
+        transcripts=transcripts,
+        training_window=llm_training_window(config.model_dump(mode="json"),
+                                            equity.index[0].date(), equity.index[-1].date()),
     )
+
+
+def llm_training_window(config: dict, start: dt.date, end: dt.date) -> dict | None:
+    """The training-window flag of a run whose (JSON) config is ``config``: set when the llm
+    orchestrator decided over a period before its model's training-data cutoff."""
+    if config.get("backtest", {}).get("strategy") != ORCHESTRATOR:
+        return None
+    if config.get("orchestrator", {}).get("name") != "llm":
+        return None
+    from quantorch.llm.window import training_window
+
+    llm = config.get("llm") or {}
+    cutoff = llm.get("training_cutoff")
+    return training_window(str(llm.get("model")), dt.date.fromisoformat(cutoff) if cutoff else None,
+                           start, end)
 
 
 def run_meta(
@@ -282,6 +309,8 @@ def report_data(sim: Simulated, meta: dict[str, str], title: str) -> ReportData:
             Comparison("equal_weight", equal_weight_label(len(sim.result.weights.columns)),
                        sim.equal_weight.equity, sim.equal_weight_metrics)
         )
+    if sim.training_window is not None:
+        meta = {**meta, "training window": sim.training_window["message"]}
     return ReportData(
         title=title,
         meta=meta,
@@ -345,6 +374,7 @@ def run_backtest(
         config_hash=config_hash,
         tools=sim.tools,
         report_error=report_error,
+        training_window=sim.training_window,
     )
 
 
@@ -365,9 +395,12 @@ def check_names(config: QuantorchConfig) -> None:
 
 
 def tool_usage(
-    decisions: pd.DataFrame, tool_calls: pd.DataFrame, fills: pd.DataFrame, equity: pd.Series
+    decisions: pd.DataFrame, tool_calls: pd.DataFrame, fills: pd.DataFrame, equity: pd.Series,
+    transcripts: pd.DataFrame | None = None,
 ) -> dict:
-    """Tool-call mix, cost per decision and in bps of traded notional, P&L by tools used.
+    """Tool-call mix, cost per decision and in bps of traded notional, P&L by tools used;
+    with the llm orchestrator's ``transcripts``, its tokens, cost, fallbacks and cache hits too
+    (``decision_cost_*`` adds the model's tokens to the tools' bill).
 
     P&L attribution: each decision's target weight x its forward return over the horizon
     (from the fill) x equity at the decision, summed by the set of tools the decision called
@@ -390,6 +423,8 @@ def tool_usage(
             pnl = frame["target_weight"].to_numpy() * frame["forward_return"].to_numpy() * equity_at
             keys = frame["tools_called"].map(lambda t: "+".join(sorted({s.split(":")[0] for s in t})) or "none")
             attribution = {k: float(v) for k, v in pd.Series(pnl, index=keys.to_numpy()).groupby(level=0).sum().items()}
+    llm = llm_usage(transcripts)
+    decision_cost = total_cost + (llm["cost_usd"] if llm else 0.0)
     return {
         "decisions": n_decisions,
         "tool_calls": n_calls,
@@ -397,8 +432,36 @@ def tool_usage(
         "tool_cost_usd": total_cost,
         "tool_cost_per_decision_usd": total_cost / n_decisions if n_decisions else 0.0,
         "tool_cost_bps_of_traded_notional": total_cost / traded * 1e4 if traded else None,
+        "decision_cost_usd": decision_cost,
+        "decision_cost_per_decision_usd": decision_cost / n_decisions if n_decisions else 0.0,
         "tool_mix": {k: float(v) for k, v in mix.sort_values(ascending=False).items()},
         "pnl_attribution_usd": attribution,
+        "llm": llm,
+    }
+
+
+def llm_usage(transcripts: pd.DataFrame | None) -> dict | None:
+    """The llm orchestrator's own bill and behaviour over a run (None for other deciders)."""
+    if transcripts is None or not len(transcripts):
+        return None
+    n = len(transcripts)
+    tokens = transcripts["prompt_tokens"] + transcripts["completion_tokens"]
+    rounds = int(transcripts["rounds"].sum())
+    return {
+        "model": str(transcripts["model"].iloc[0]),
+        "decisions": n,
+        "prompt_tokens": int(transcripts["prompt_tokens"].sum()),
+        "completion_tokens": int(transcripts["completion_tokens"].sum()),
+        "tokens_per_decision": float(tokens.mean()),
+        "cost_usd": float(transcripts["cost_usd"].sum()),
+        "cost_per_decision_usd": float(transcripts["cost_usd"].mean()),
+        "requests": rounds,
+        "cached_requests": int(transcripts["cached_rounds"].sum()),
+        "cache_hit_rate": float(transcripts["cached_rounds"].sum() / rounds) if rounds else 0.0,
+        "fallbacks": int(transcripts["fallback"].notna().sum()),
+        "fallback_rate": float(transcripts["fallback"].notna().mean()),
+        "corrections": int(transcripts["corrections"].sum()),
+        "latency_ms_per_decision": float(transcripts["latency_ms"].mean()),
     }
 
 
@@ -482,3 +545,5 @@ def _store_run(
             calls.insert(0, "call_id", [f"{run_id}-{i}" for i in range(len(calls))])
             calls["created_at"] = dt.datetime.now(dt.UTC).replace(tzinfo=None)
             repository.insert_tool_calls(con, calls)
+        if sim.transcripts is not None and len(sim.transcripts):
+            repository.insert_transcripts(con, sim.transcripts.assign(run_id=run_id))

@@ -309,7 +309,8 @@ OrchestratorOpt = Annotated[
     typer.Option("--orchestrator", metavar="NAME", show_default=False,
                  help="Orchestrator that routes between the priced tools and decides: policy "
                       "(the trained PPO router), all-tools, free-tools, technical-only, "
-                      "random [default: policy]."),
+                      "random, or llm (a chat model served by vLLM at the config's "
+                      "llm.base_url; see `quantorch serve llm`) [default: policy]."),
 ]
 CheckpointOpt = Annotated[
     Optional[Path],

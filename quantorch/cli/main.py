@@ -60,10 +60,12 @@ def _register_commands() -> None:
     from quantorch.cli import news_cmd, orchestrator_cmd, query_cmd
     from quantorch.cli.paper_cmd import paper_app
     from quantorch.cli.profile_cmd import profile_app
+    from quantorch.cli.serve_cmd import serve_app
     from quantorch.cli.tools_cmd import tools_app
 
     app.add_typer(paper_app, name="paper")
     app.add_typer(profile_app, name="profile")
+    app.add_typer(serve_app, name="serve")
     app.add_typer(tools_app, name="tools")
     orchestrator_cmd.register(app)
     query_cmd.register(app)
@@ -236,6 +238,8 @@ def _print_backtest(outcome) -> None:
             out.print(note, style="dim")
     if outcome.tools is not None:
         _print_tools(outcome.tools)
+    if outcome.training_window is not None:
+        out.print(f"warning: {outcome.training_window['message']}", style="bold yellow")
     out.print(f"run id: {outcome.run_id}  ({outcome.fills:,} fills, config {outcome.config_hash})")
     if outcome.report_error is None:
         out.print(f"report: {outcome.report_path}")
@@ -252,6 +256,15 @@ def _print_tools(tools: dict) -> None:
     if tools["tool_mix"]:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in tools["tool_mix"].items())
         out.print(f"tool mix: {mix}")
+    llm = tools.get("llm")
+    if llm:
+        out.print(
+            f"llm orchestrator ({llm['model']}): {llm['tokens_per_decision']:,.0f} tokens and "
+            f"${llm['cost_per_decision_usd']:.5f} per decision (${llm['cost_usd']:,.4f} in all; "
+            f"{llm['cache_hit_rate']:.0%} of {llm['requests']:,} requests from the transcript "
+            f"cache); fallbacks {llm['fallbacks']:,} ({llm['fallback_rate']:.1%}), corrective "
+            f"re-prompts {llm['corrections']:,}"
+        )
     if tools["pnl_attribution_usd"]:
         parts = ", ".join(f"{k} {v:+,.0f}" for k, v in sorted(
             tools["pnl_attribution_usd"].items(), key=lambda kv: -abs(kv[1])))

@@ -124,7 +124,8 @@ def evaluate(
     orchestrators: Annotated[Optional[str], typer.Option(
         "--orchestrators", metavar="NAMES", show_default=False,
         help="Comma-separated subset of: policy, all-tools, free-tools, technical-only, random, "
-             "buy-and-hold (the rule strategy) [default: all].")] = None,
+             "llm (a chat model at the config's llm.base_url), buy-and-hold (the rule strategy) "
+             "[default: all; llm when llm.base_url is set].")] = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
@@ -148,9 +149,9 @@ def evaluate(
             "backtest.strategy": "orchestrator",
             "backtest.rebalance": "weekly",
         })
-        from quantorch.evaluation import BASELINE_STRATEGIES, EVALUATED
+        from quantorch.evaluation import BASELINE_STRATEGIES, default_evaluated
 
-        names = _names(orchestrators) or list(EVALUATED)
+        names = _names(orchestrators) or list(default_evaluated(cfg))
         for name in names:  # cheap checks first: a typo fails in a second, not after minutes
             if name not in BASELINE_STRATEGIES:
                 check_orchestrator_name(name)
@@ -195,7 +196,8 @@ def _print_evaluation(evaluation) -> None:
     used = sorted({n for r in evaluation.rows for n in (r.orchestrator, r.profile) if n in _SHORT})
     legend = ", ".join(f"{_SHORT[n]} = {n}" for n in used)
     out.print(
-        "turn = turnover (x/yr); tool $ = tool cost over the period (USD); calls = tool calls "
+        "turn = turnover (x/yr); tool $ = tool cost over the period, with the llm "
+        "orchestrator's own tokens (USD); calls = tool calls "
         "per decision; pref = preference adherence" + (f"; {legend}" if legend else ""),
         style="dim",
     )
@@ -203,5 +205,7 @@ def _print_evaluation(evaluation) -> None:
         mark = "met" if target["met"] else "not met"
         out.print(f"target {key}: {mark} ({target['rule']})",
                   style="green" if target["met"] else "red")
+    if evaluation.training_window is not None:
+        out.print(f"warning: {evaluation.training_window['message']}", style="bold yellow")
     out.print(f"run id: {evaluation.run_id}")
     out.print(f"report: {evaluation.report_path}")

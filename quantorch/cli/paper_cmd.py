@@ -65,6 +65,14 @@ PaperProfileOpt = Annotated[
                       "[default: the config's paper.profile, else neutral]. An existing account "
                       "keeps the profile it was opened with; another one is refused."),
 ]
+PaperOrchestratorOpt = Annotated[
+    Optional[str],
+    typer.Option("--orchestrator", metavar="NAME", show_default=False,
+                 help="Orchestrator of a new account: policy (the trained PPO router), "
+                      "all-tools, free-tools, technical-only, or llm (a chat model at the "
+                      "config's llm.base_url) [default: the config's orchestrator.name]. An "
+                      "existing account keeps the one it was opened with."),
+]
 BrokerOpt = Annotated[
     Optional[str],
     typer.Option("--broker", metavar="NAME", show_default=False,
@@ -83,12 +91,17 @@ def _config(config: Path | None, broker: str | None = None):
     return load(config, {"paper.broker": broker})
 
 
-def _trader(cfg, store, account: str | None, *, profile=None, broker=None, progress=None):
+def _trader(cfg, store, account: str | None, *, profile=None, broker=None, orchestrator=None,
+            progress=None):
     from quantorch.paper.cycle import paper_trader
     from quantorch.progress import SILENT
 
+    if orchestrator is not None:
+        from quantorch.orchestrator import check_orchestrator_name
+
+        check_orchestrator_name(orchestrator)
     return paper_trader(cfg, store, account or cfg.paper.account, profile=profile,
-                        broker=broker, progress=progress or SILENT)
+                        broker=broker, orchestrator=orchestrator, progress=progress or SILENT)
 
 
 def _schedule(store) -> dict | None:
@@ -197,6 +210,7 @@ def run_once(
     account: AccountOpt = None,
     profile: PaperProfileOpt = None,
     broker: BrokerOpt = None,
+    orchestrator: PaperOrchestratorOpt = None,
     asof: Annotated[
         Optional[str],
         typer.Option("--asof", metavar="DATE", show_default=False,
@@ -220,7 +234,8 @@ def run_once(
         cfg = _config(config, broker)
         day = parse_date(asof, flag="--asof") if asof else calendar.last_completed_session()
         store = open_store(cfg, db)
-        trader = _trader(cfg, store, account, profile=profile, broker=broker)
+        trader = _trader(cfg, store, account, profile=profile, broker=broker,
+                         orchestrator=orchestrator)
         outcomes = trader.run(day)
         status = _status(store, trader.account) if _has_account(store, trader.account) else None
         if json_output:
@@ -252,6 +267,7 @@ def replay(
                                      help="Last session: YYYY, YYYY-MM or YYYY-MM-DD.")],
     account: AccountOpt = None,
     profile: PaperProfileOpt = None,
+    orchestrator: PaperOrchestratorOpt = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
@@ -273,6 +289,7 @@ def replay(
         store = open_store(cfg, db)
         with BarProgress() as progress:
             trader = _trader(cfg, store, account, profile=profile, broker="sim",
+                             orchestrator=orchestrator,
                              progress=progress)
             outcomes = trader.replay(first, last)
         status = _status(store, trader.account)
@@ -406,6 +423,7 @@ def start(
     account: AccountsOpt = None,
     profile: PaperProfileOpt = None,
     broker: BrokerOpt = None,
+    orchestrator: PaperOrchestratorOpt = None,
     detach: Annotated[bool, typer.Option(
         "--detach", help="Run in the background (log: DB.paper.log next to the database); "
                          "`quantorch paper stop` stops it.")] = False,
@@ -427,12 +445,13 @@ def start(
         names = list(dict.fromkeys(account or [cfg.paper.account]))
         specs = []
         for name in names:  # every check a cycle would make, before anything starts
-            trader = _trader(cfg, store, name, profile=profile, broker=broker)
+            trader = _trader(cfg, store, name, profile=profile, broker=broker,
+                             orchestrator=orchestrator)
             row = trader.check()
             specs.append({"account": name, "profile": profile, "broker": broker,
-                          "new": row is None})
+                          "orchestrator": orchestrator, "new": row is None})
         if detach:
-            _detach(names, profile, broker, config, store, json_output)
+            _detach(names, profile, broker, orchestrator, config, store, json_output)
             return
         _foreground(cfg, store, specs, config, json_output, debug)
 
@@ -441,7 +460,8 @@ def _job_kwargs(specs, config: Path | None, store) -> dict:
     return {
         "config_path": str(Path(config).resolve()) if config else None,
         "db_path": str(store.path.resolve()),
-        "accounts": [{k: s[k] for k in ("account", "profile", "broker")} for s in specs],
+        "accounts": [{k: s[k] for k in ("account", "profile", "broker", "orchestrator")}
+                     for s in specs],
     }
 
 
@@ -479,7 +499,7 @@ def _foreground(cfg, store, specs, config, json_output: bool, debug: bool) -> No
                "accounts": accounts})
 
 
-def _detach(names, profile, broker, config, store, json_output: bool) -> None:
+def _detach(names, profile, broker, orchestrator, config, store, json_output: bool) -> None:
     from quantorch.paper.scheduler import jobs_path_for, status
 
     log_path = store.path.with_name(store.path.name + ".paper.log")
@@ -490,6 +510,8 @@ def _detach(names, profile, broker, config, store, json_output: bool) -> None:
         argv += ["--profile", profile]
     if broker:
         argv += ["--broker", broker]
+    if orchestrator:
+        argv += ["--orchestrator", orchestrator]
     if config:
         argv += ["--config", str(Path(config).resolve())]
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,14 +62,23 @@ def routing_setup(
     *,
     seed: int | None = None,
     policies: tuple[PolicyCheckpoint, PolicyCheckpoint | None] | None = None,
+    store: Store | None = None,
 ) -> tuple[RoutingSetup, list[str]]:
     """The configured orchestrator with its slots, normalisation and costs, and the observation
-    layout its checkpoint expects."""
+    layout its checkpoint expects.
+
+    The ``llm`` orchestrator routes between the slots the policy was trained on (the same tool
+    menu, so the two compare on equal terms); its endpoint is checked here, before any data is
+    loaded, and its transcript cache is the store's ``tool_cache``.
+    """
     name = check_orchestrator_name(config.orchestrator.name)
     policy, all_tools = policies or load_policies(config, name == "all-tools")
-    orchestrator = make_orchestrator(name, policy, all_tools,
-                                     seed=config.seed if seed is None else seed)
     reference = all_tools if name == "all-tools" else policy
+    if name == "llm":
+        orchestrator = llm_orchestrator(config, store, reference.slots)
+    else:
+        orchestrator = make_orchestrator(name, policy, all_tools,
+                                         seed=config.seed if seed is None else seed)
     env_config = EnvConfig(fee_bps=config.costs.fee_bps, slippage_bps=config.costs.slippage_bps)
     setup = RoutingSetup(
         orchestrator=orchestrator,
@@ -79,6 +88,34 @@ def routing_setup(
         horizon=reference.horizon,
     )
     return setup, list(reference.observation_names)
+
+
+def llm_orchestrator(config: QuantorchConfig, store: Store | None, slots):
+    """The ``llm`` orchestrator of the config's ``llm:`` section, its endpoint checked (it is
+    reachable, serves the model): one clear line naming the fix otherwise."""
+    import asyncio
+
+    from quantorch.llm.cache import TranscriptCache
+    from quantorch.llm.client import OpenAIChatModel
+    from quantorch.llm.orchestrator import LLMOrchestrator, LLMSettingsView
+    from quantorch.llm.settings import LLMSettings
+    from quantorch.toolkit.registry import get_tool
+    from quantorch.tools.sentiment import looks_like_injection
+
+    model = OpenAIChatModel(LLMSettings.from_config(config.llm))
+
+    async def check() -> None:
+        try:
+            await model.check()
+        finally:
+            await model.aclose()
+
+    asyncio.run(check())
+    extra = tuple(config.tools.extra_dirs)
+    specs = {slot.tool: get_tool(slot.tool, extra).spec for slot in slots}
+    return LLMOrchestrator(model, LLMSettingsView.from_config(config.llm), specs,
+                           cache=TranscriptCache(store, model.model),
+                           injection_check=looks_like_injection)
 
 
 def build_participant(
@@ -96,8 +133,10 @@ def build_participant(
     name = config.backtest.strategy
     if name != ORCHESTRATOR:
         return RuleParticipant(get_strategy(name, config.strategies.get(name)), profile)
-    setup, layout = routing_setup(config, seed=seed, policies=policies)
+    setup, layout = routing_setup(config, seed=seed, policies=policies, store=store)
     benchmark = config.benchmark_symbol
+    # the llm orchestrator's tool calls are real calls (their summaries are part of its input)
+    tool_calls = "live" if setup.orchestrator.name == "llm" else config.backtest.tool_calls
 
     def market(panel):
         return load_market_data(store, config.data.source, panel.tickers,
@@ -108,7 +147,7 @@ def build_participant(
         setup=setup,
         profile=profile,
         market=market,
-        tool_calls=config.backtest.tool_calls,
+        tool_calls=tool_calls,
         store=store,
         timeout_s=config.tools.timeout_s,
         extra_dirs=tuple(config.tools.extra_dirs),

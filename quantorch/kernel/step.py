@@ -92,6 +92,8 @@ class StepResult:
     book: BookState
     killed: bool
     guard_notes: tuple[str, ...] = field(default_factory=tuple)
+    #: The llm orchestrator's conversations (one row per decision, for ``llm_transcripts``).
+    transcripts: tuple[dict, ...] = field(default_factory=tuple)
 
     @property
     def order_targets(self) -> np.ndarray:
@@ -181,10 +183,20 @@ def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_
     idx = np.array([index[t] for t in tickers], dtype=np.int64)
     n = len(tickers)
     results: dict[tuple[int, int], ToolResult] = {}
+    weights = book.weights
+    previous = np.clip(weights[idx] / limits.max_position, -1, 1) if n else np.zeros(0)
+    plans = None
+    chooser = setup.orchestrator
+    if n and hasattr(setup.orchestrator, "plan_session"):
+        plans, chooser = _converse(setup, inputs, tickers, session, profile, previous,
+                                   weights[idx], executor)
 
     def reveal(slot_index: int, positions: np.ndarray) -> None:
         slot = setup.slots[slot_index]
-        answered = executor.call(slot, [tickers[p] for p in positions], session)
+        if plans is None:
+            answered = executor.call(slot, [tickers[p] for p in positions], session)
+        else:  # the conversation made the calls: replay their results
+            answered = [plans[p].results[plans[p].calls.index(slot_index)] for p in positions]
         raw = np.array([[r.features.get(f, math.nan) for f in slot.features] for r in answered],
                        dtype=np.float64).reshape(len(positions), len(slot.features))
         inputs.slot_features[slot_index][positions] = normalise(slot.key, raw, setup.normalisation)
@@ -192,14 +204,16 @@ def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_
         for p, result in zip(positions, answered, strict=True):
             results[(int(p), slot_index)] = result
 
-    weights = book.weights
-    previous = np.clip(weights[idx] / limits.max_position, -1, 1) if n else np.zeros(0)
     proposed = np.full(len(book.tickers), np.nan)  # undecided tickers keep their position
     batch = None
     if n:
-        batch = decide(setup.orchestrator, inputs, [profile], setup.env_config, np.arange(n),
-                       np.zeros(n, dtype=np.int64), previous, reveal)
+        extra = None if plans is None else np.array([p.cost_usd for p in plans])
+        batch = decide(chooser, inputs, [profile], setup.env_config, np.arange(n),
+                       np.zeros(n, dtype=np.int64), previous, reveal, extra_cost=extra)
         proposed[idx] = batch.position * limits.max_position
+        if plans is not None:  # a fallback keeps the position exactly: no order
+            kept = np.array([p.fallback is not None for p in plans])
+            proposed[idx[kept]] = np.nan
     guard, after = guard_step(book, session, proposed, limits, sessions)
     keep = _kept(proposed, guard, book)
     if batch is None:
@@ -209,11 +223,12 @@ def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_
     fill_session = _next_session(session, sessions)
     asof = calendar.decision_time(session)
     reward = batch.terms.get("total", np.full(n, np.nan))
-    decisions, calls = [], []
+    decisions, calls, transcripts = [], [], []
     for j, ticker in enumerate(tickers):
         decision_id = first_id + j
         order = batch.call_order[j]
         known = math.isfinite(inputs.forward_return[j])
+        plan = plans[j] if plans is not None else None
         decisions.append({
             "decision_id": decision_id,
             "orchestrator": setup.orchestrator.name,
@@ -228,16 +243,70 @@ def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_
             "proposed_position": float(batch.position[j]),
             "target_weight": float(guard.weights[idx[j]]),
             "guard_note": guard.notes[idx[j]] or None,
-            "rationale": None,
+            "rationale": plan.rationale if plan is not None else None,
             "reward": float(reward[j]) if known else None,
             "forward_return": float(inputs.forward_return[j]) if known else float("nan"),
             "executor": executor.name,
+            "llm_cost_usd": plan.cost_usd if plan is not None else None,
+            "llm_tokens": plan.tokens if plan is not None else None,
         })
         for k in order:
             calls.append(_call_row(results[(j, k)], setup.slots[k], asof, decision_id,
                                    executor.name))
+        if plan is not None:
+            transcripts.append(_transcript_row(plan, setup.orchestrator, decision_id, session))
     return StepResult(session, guard.weights, keep, tuple(decisions), tuple(calls), after,
-                      guard.killed, tuple(guard.notes))
+                      guard.killed, tuple(guard.notes), tuple(transcripts))
+
+
+def _converse(setup: RoutingSetup, inputs: DecisionDataset, tickers, session, profile,
+              previous: np.ndarray, weights: np.ndarray, executor: ToolExecutor):
+    """The llm orchestrator's plans for the session, and the router that replays them."""
+    from quantorch.llm.orchestrator import hold_bucket
+    from quantorch.llm.prompts import DecisionContext
+    from quantorch.orchestrator.dataset import CONTEXT_FEATURES
+    from quantorch.orchestrator.orchestrators import ScriptedRouter
+
+    mean, std = (np.asarray(v, dtype=np.float64) for v in setup.normalisation["context"])
+    raw = inputs.context.astype(np.float64) * std + mean  # the free context, unscaled
+    day = session.date().isoformat()
+    contexts = [
+        DecisionContext(ticker, day, dict(zip(CONTEXT_FEATURES, map(float, raw[j]), strict=True)),
+                        float(previous[j]), float(weights[j]), profile.cost_budget_usd)
+        for j, ticker in enumerate(tickers)
+    ]
+
+    def call_tool(j: int, slot_index: int) -> ToolResult:
+        return executor.call(setup.slots[slot_index], [tickers[j]], session)[0]
+
+    plans = setup.orchestrator.plan_session(contexts, profile, setup.slots, call_tool)
+    buckets = np.array([p.bucket if p.bucket is not None else hold_bucket(previous[j])
+                        for j, p in enumerate(plans)], dtype=np.int64)
+    router = ScriptedRouter(setup.orchestrator.name, tuple(tuple(p.calls) for p in plans),
+                            buckets)
+    return plans, router
+
+
+def _transcript_row(plan, orchestrator, decision_id: int, session: pd.Timestamp) -> dict:
+    from quantorch.llm.prompts import BUCKET_NAMES
+
+    return {
+        "decision_id": decision_id,
+        "ticker": plan.ticker,
+        "decision_date": session.date(),
+        "model": orchestrator.model.model,
+        "messages": json.dumps(plan.messages, ensure_ascii=False),
+        "rounds": plan.rounds,
+        "cached_rounds": plan.cached_rounds,
+        "corrections": plan.corrections,
+        "prompt_tokens": plan.prompt_tokens,
+        "completion_tokens": plan.completion_tokens,
+        "cost_usd": plan.cost_usd,
+        "latency_ms": plan.latency_ms,
+        "position": BUCKET_NAMES[plan.bucket] if plan.bucket is not None else None,
+        "fallback": plan.fallback,
+        "rationale": plan.rationale,
+    }
 
 
 def _kept(proposed: np.ndarray, guard: GuardResult, book: BookState) -> np.ndarray:

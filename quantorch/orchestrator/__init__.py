@@ -10,9 +10,10 @@ from quantorch.errors import UserInputError, did_you_mean
 __all__ = ["ORCHESTRATORS", "check_orchestrator_name"]
 
 #: Orchestrators: each routes between the priced tools, then picks a position (see
-#: :mod:`quantorch.orchestrator.orchestrators`). Buy-and-hold is a rule strategy, not one of
+#: :mod:`quantorch.orchestrator.orchestrators`; ``llm`` is a chat model served over an
+#: OpenAI-compatible API, :mod:`quantorch.llm.orchestrator`). Buy-and-hold is a rule strategy, not one of
 #: them (``--strategy buy-and-hold``): one name, one portfolio.
-ORCHESTRATORS = ("policy", "all-tools", "free-tools", "technical-only", "random")
+ORCHESTRATORS = ("policy", "all-tools", "free-tools", "technical-only", "random", "llm")
 
 
 def check_orchestrator_name(name: str) -> str:

@@ -125,6 +125,10 @@ class DecisionCore:
         self.called = np.zeros((n, self.n_slots), dtype=bool)
         self.spent = np.zeros(n)
         self.steps = np.zeros(n, dtype=np.int64)
+        #: Cost charged at the decision besides the slots' prices (the llm orchestrator's own
+        #: tokens, USD): it enters the reward's tool-cost term, not the budget masks. Zero in
+        #: training environments, so their per-step charges stay as documented.
+        self.extra_cost = np.zeros(n)
 
     # ---- layout ------------------------------------------------------------------------------
     def _layout(self) -> list[tuple[int, int]]:
@@ -156,6 +160,7 @@ class DecisionCore:
         self.called[:] = False
         self.spent[:] = 0.0
         self.steps[:] = 0
+        self.extra_cost[:] = 0.0
         return self.observe()
 
     def observe(self) -> np.ndarray:
@@ -268,7 +273,7 @@ class DecisionCore:
             risk_aversion=self.profile_risk[pidx],
             fee_bps=self.config.fee_bps,
             slippage_bps=self.config.slippage_bps,
-            tool_cost_usd=self.spent[rows],
+            tool_cost_usd=self.spent[rows] + self.extra_cost[rows],
             cost_budget_usd=self.profile_budget[pidx],
             budget_bps=self.profile_budget_bps[pidx],
             called=called_tools,

@@ -35,6 +35,7 @@ __all__ = [
     "ORCHESTRATORS",
     "DecisionBatch",
     "Orchestrator",
+    "ScriptedRouter",
     "decide",
     "make_orchestrator",
     "dearest_slots",
@@ -87,18 +88,22 @@ def decide(
     profile_index: np.ndarray,
     previous_position: np.ndarray,
     reveal: Reveal | None = None,
+    extra_cost: np.ndarray | None = None,
 ) -> DecisionBatch:
     """Run ``orchestrator`` on the given decision points until every one has decided.
 
     Without ``reveal`` the dataset already holds every slot's features (training, evaluation
     on precomputed panels); with it, a slot's features are fetched only when a decision calls
     it (a tool executor answers), so nothing is computed, charged or logged for a tool no one
-    called.
+    called. ``extra_cost`` (USD per point) is charged in the reward's tool-cost term besides the
+    slots' prices: the llm orchestrator's own tokens.
     """
     n = len(rows)
     config = orchestrator.env_config(base, dataset.slots)
     core = DecisionCore(dataset, profiles, config, n=n, auto_reset=False)
     obs = core.load(rows, profile_index, previous_position)
+    if extra_cost is not None:
+        core.extra_cost[:] = extra_cost
     position = np.zeros(n)
     done = np.zeros(n, dtype=bool)
     terms: dict[str, np.ndarray] = {}
@@ -124,6 +129,28 @@ def decide(
             break
     return DecisionBatch(position, core.called.copy(), core.spent.copy(), terms,
                          tuple(tuple(o) for o in order))
+
+
+@dataclass
+class ScriptedRouter:
+    """Replays decisions taken elsewhere through the decision core: per point, the slots to
+    call in order, then the bucket. The llm orchestrator's plans go through it, so its reward
+    and costs are computed exactly as every other orchestrator's."""
+
+    name: str
+    scripts: tuple[tuple[int, ...], ...]
+    buckets: np.ndarray  # (n,) index into POSITION_BUCKETS
+
+    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
+        return replace(base, allowed_slots=None, forced_routing=None)
+
+    def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
+        actions = core.n_slots + np.asarray(self.buckets, dtype=np.int64)
+        for i, script in enumerate(self.scripts):
+            step = int(core.steps[i])
+            if step < len(script):
+                actions[i] = script[step]
+        return actions
 
 
 def _decide_actions(core: DecisionCore, masks: np.ndarray) -> np.ndarray:
@@ -257,4 +284,7 @@ def make_orchestrator(
         if not forced:
             raise UserInputError("the checkpoint has no technical tool slot")
         return PolicyOrchestrator(policy, name="technical-only", forced=forced)
+    if name == "llm":
+        raise ValueError("the llm orchestrator is built from the llm: config section "
+                         "(quantorch.kernel.factory.llm_orchestrator)")
     return RandomRouter(policy, call_probability=0.5, rng=rng)

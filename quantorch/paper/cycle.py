@@ -643,7 +643,7 @@ class PaperTrader:
                                  sessions=sessions)
         else:
             if self._setup is None:
-                self._setup = routing_setup(self.config)
+                self._setup = routing_setup(self.config, store=self.store)
             setup, _layout = self._setup
             if hasattr(setup.orchestrator, "prepare"):
                 raise UserInputError(
@@ -675,6 +675,9 @@ class PaperTrader:
                 calls.insert(0, "call_id", [f"{run_id}-{i}" for i in range(len(calls))])
                 calls["created_at"] = dt.datetime.now(dt.UTC).replace(tzinfo=None)
                 repository.insert_tool_calls(con, calls)
+            if step.transcripts:
+                repository.insert_transcripts(
+                    con, pd.DataFrame(step.transcripts).assign(run_id=run_id))
             repository.insert_order_intents(con, self.account, orders,
                                             broker=self._broker().name, run_id=run_id)
             self._update_account(
@@ -794,16 +797,24 @@ def paper_trader(
     *,
     profile: str | None = None,
     broker: str | None = None,
+    orchestrator: str | None = None,
     progress: Progress = SILENT,
 ) -> PaperTrader:
-    """The trader of ``account``: an existing account keeps the profile and broker it was
-    opened with (passing others is refused when its cycle runs); a new one takes ``profile``
-    and ``broker``, else the config's ``paper:`` section."""
+    """The trader of ``account``: an existing account keeps the profile, broker and
+    orchestrator it was opened with (passing others is refused when its cycle runs); a new one
+    takes ``profile``, ``broker`` and ``orchestrator``, else the config's."""
+    from quantorch.orchestrator import ORCHESTRATORS
+
     overrides: dict[str, object] = {"paper.account": account}
     row = None
     if store.exists:
         with store.connect(read_only=True) as con:
             row = repository.account(con, account)
+    if orchestrator is None and row is not None and row["strategy"] in ORCHESTRATORS:
+        orchestrator = row["strategy"]
+    if orchestrator is not None:
+        overrides["orchestrator.name"] = orchestrator
+        overrides["backtest.strategy"] = ORCHESTRATOR
     if profile is not None:
         overrides["paper.profile"] = profile
     elif row is not None:
@@ -817,7 +828,8 @@ def paper_trader(
 
 def run_scheduled_cycle(config_path: str | None, db_path: str, accounts: list[dict]) -> None:
     """The scheduler's job (an importable name): each account's cycle of the session that
-    closed last. ``accounts``: ``{"account": NAME, "profile": NAME_OR_NONE, "broker": ...}``.
+    closed last. ``accounts``: ``{"account": NAME, "profile": NAME_OR_NONE, "broker": ...,
+    "orchestrator": NAME_OR_NONE}``.
     One account failing does not stop the others; the failures are raised together after."""
     config = load_config(Path(config_path) if config_path else None)
     store = Store(Path(db_path))
@@ -826,7 +838,8 @@ def run_scheduled_cycle(config_path: str | None, db_path: str, accounts: list[di
     for spec in accounts:
         try:
             trader = paper_trader(config, store, spec["account"], profile=spec.get("profile"),
-                                  broker=spec.get("broker"))
+                                  broker=spec.get("broker"),
+                                  orchestrator=spec.get("orchestrator"))
             trader.run(session)
         except QuantorchError as exc:
             failures.append((spec["account"], exc))

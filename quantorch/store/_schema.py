@@ -1015,6 +1015,21 @@ LEFT JOIN sessions AS exit
       AND exit.session = entry.session + d.horizon
 """
 
+_V_DECISIONS_COLUMNS_7 = {
+    "tools": "distinct tool names called (providers dropped), sorted",
+    "tool_set": "tools joined with '+', e.g. 'risk+technical'; 'none' if no tool",
+    "source": "price source of the run (runs.source); NULL when the run is not stored",
+    "entry_price": "the fill's reference price: adjusted open of fill_date where the "
+                   "source has opens, else its adj_close",
+    "exit_date": "session `horizon` sessions after fill_date in the ticker's prices",
+    "exit_price": "adj_close on exit_date",
+    "forward_return": "exit_price / entry_price - 1; NULL until the horizon has passed",
+    "contribution": "target_weight * forward_return: the decision's realised "
+                    "contribution to return, a fraction of equity",
+    "pnl_usd": "contribution x the run's equity at the decision's close (USD); NULL "
+               "when the run stored no equity that day",
+}
+
 _V7 = (
     "ALTER TABLE decisions ADD COLUMN executor VARCHAR",
     "ALTER TABLE tool_calls ADD COLUMN executor VARCHAR",
@@ -1030,20 +1045,7 @@ _V7 = (
         "Decisions with their realised forward return, defined as the decision dataset and the "
         "reward define it: from the fill price (adjusted open of fill_date, else its adjusted "
         "close) to adj_close `horizon` sessions after fill_date, from the run's price source",
-        {
-            "tools": "distinct tool names called (providers dropped), sorted",
-            "tool_set": "tools joined with '+', e.g. 'risk+technical'; 'none' if no tool",
-            "source": "price source of the run (runs.source); NULL when the run is not stored",
-            "entry_price": "the fill's reference price: adjusted open of fill_date where the "
-                           "source has opens, else its adj_close",
-            "exit_date": "session `horizon` sessions after fill_date in the ticker's prices",
-            "exit_price": "adj_close on exit_date",
-            "forward_return": "exit_price / entry_price - 1; NULL until the horizon has passed",
-            "contribution": "target_weight * forward_return: the decision's realised "
-                            "contribution to return, a fraction of equity",
-            "pnl_usd": "contribution x the run's equity at the decision's close (USD); NULL "
-                       "when the run stored no equity that day",
-        },
+        _V_DECISIONS_COLUMNS_7,
         replace=True,
     ),
 )
@@ -1115,6 +1117,88 @@ _V8 = (
     "fails): a retry resumes after it; NULL: from the start'",
 )
 
+# ---- migration 9: the llm orchestrator ---------------------------------------------------------
+# Its decisions carry the price of the model's own tokens beside the tools' (its rationale goes in
+# the existing column); each decision's whole conversation is kept, for audit and for fine-tuning.
+
+_V_DECISIONS_9 = _V_DECISIONS_7.replace(
+    "d.rationale, d.reward, d.executor, d.source,",
+    "d.rationale, d.reward, d.executor, d.llm_cost_usd, d.llm_tokens, d.source,",
+)
+
+_V9 = (
+    "ALTER TABLE decisions ADD COLUMN llm_cost_usd DOUBLE",
+    "ALTER TABLE decisions ADD COLUMN llm_tokens INTEGER",
+    "COMMENT ON COLUMN decisions.llm_cost_usd IS 'the llm orchestrator''s own tokens for the "
+    "decision, priced with the llm: prices (USD; 0 when every reply came from the transcript "
+    "cache); NULL for other orchestrators'",
+    "COMMENT ON COLUMN decisions.llm_tokens IS 'prompt + completion tokens of the llm "
+    "orchestrator''s conversation for the decision; NULL for other orchestrators'",
+    """
+    CREATE TABLE llm_transcripts (
+        run_id            VARCHAR   NOT NULL,
+        decision_id       INTEGER   NOT NULL,
+        ticker            VARCHAR   NOT NULL,
+        decision_date     DATE      NOT NULL,
+        model             VARCHAR   NOT NULL,
+        messages          JSON      NOT NULL,
+        rounds            INTEGER   NOT NULL,
+        cached_rounds     INTEGER   NOT NULL,
+        corrections       INTEGER   NOT NULL,
+        prompt_tokens     INTEGER   NOT NULL,
+        completion_tokens INTEGER   NOT NULL,
+        cost_usd          DOUBLE    NOT NULL,
+        latency_ms        DOUBLE    NOT NULL,
+        position          VARCHAR,
+        fallback          VARCHAR,
+        rationale         VARCHAR,
+        created_at        TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, decision_id)
+    )
+    """,
+    "COMMENT ON TABLE llm_transcripts IS 'One row per decision of the llm orchestrator: the "
+    "whole conversation with the model, its tokens, cost and latency, and how it ended'",
+    *(
+        f"COMMENT ON COLUMN llm_transcripts.{column} IS {_quote(text)}"
+        for column, text in {
+            "run_id": "the run (backtest, evaluation or paper cycle) of the decision",
+            "decision_id": "the decision (decisions.decision_id of the same run)",
+            "ticker": "stock decided",
+            "decision_date": "session whose close the decision was taken at",
+            "model": "model name the requests carried",
+            "messages": "the conversation as sent and answered (OpenAI messages: system, user, "
+                        "assistant with tool_calls, tool results)",
+            "rounds": "model replies used (requests, cached or not)",
+            "cached_rounds": "replies served from the transcript cache (they cost nothing)",
+            "corrections": "corrective re-prompts after a malformed, refused or missing call",
+            "prompt_tokens": "prompt tokens of all its replies",
+            "completion_tokens": "completion tokens of all its replies",
+            "cost_usd": "price of the tokens of replies not served from the cache (USD)",
+            "latency_ms": "time spent waiting for the model (ms; 0 when all cached)",
+            "position": "bucket submitted (short, half_short, flat, half_long, long); NULL "
+                        "when the fallback kept the position",
+            "fallback": "why the position was kept instead (no valid call after a corrective "
+                        "re-prompt, no decision within llm.max_rounds); NULL when it decided",
+            "rationale": "the model's rationale (or the fallback's reason)",
+            "created_at": "when the row was written (UTC)",
+        }.items()
+    ),
+    *_documented_view(
+        "v_decisions",
+        _V_DECISIONS_9,
+        "Decisions with their realised forward return, defined as the decision dataset and the "
+        "reward define it: from the fill price (adjusted open of fill_date, else its adjusted "
+        "close) to adj_close `horizon` sessions after fill_date, from the run's price source",
+        {
+            **_V_DECISIONS_COLUMNS_7,
+            "llm_cost_usd": "the llm orchestrator's own tokens for the decision (USD); NULL for "
+                            "other orchestrators",
+            "llm_tokens": "tokens of its conversation; NULL for other orchestrators",
+        },
+        replace=True,
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prices, coverage, runs, equity, fills", _V1),
     Migration(2, "fundamentals, news, tool_calls, tool_cache", _V2),
@@ -1124,6 +1208,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "orders, broker fills, positions, cash ledger, paper cycles", _V6),
     Migration(7, "executor of decisions and tool calls; one forward-return definition", _V7),
     Migration(8, "paper accounts; the step a failed cycle resumes after", _V8),
+    Migration(9, "llm orchestrator: token cost of decisions, transcripts", _V9),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -40,6 +40,7 @@ __all__ = [
     "insert_broker_fills",
     "insert_cash_entries",
     "insert_decisions",
+    "insert_transcripts",
     "insert_equity",
     "insert_fills",
     "insert_news",
@@ -142,8 +143,16 @@ _DECISIONS = _table(
     "run_id:VARCHAR decision_id:INTEGER orchestrator:VARCHAR profile:VARCHAR ticker:VARCHAR "
     "decision_date:DATE fill_date:DATE horizon:INTEGER tools_called:VARCHAR[] n_calls:INTEGER "
     "tool_cost_usd:DOUBLE proposed_position:DOUBLE target_weight:DOUBLE guard_note:VARCHAR "
-    "rationale:VARCHAR reward:DOUBLE executor:VARCHAR",
-    optional="fill_date guard_note rationale reward executor",
+    "rationale:VARCHAR reward:DOUBLE executor:VARCHAR llm_cost_usd:DOUBLE llm_tokens:INTEGER",
+    optional="fill_date guard_note rationale reward executor llm_cost_usd llm_tokens",
+)
+_TRANSCRIPTS = _table(
+    "llm_transcripts",
+    "run_id:VARCHAR decision_id:INTEGER ticker:VARCHAR decision_date:DATE model:VARCHAR "
+    "messages:JSON rounds:INTEGER cached_rounds:INTEGER corrections:INTEGER "
+    "prompt_tokens:INTEGER completion_tokens:INTEGER cost_usd:DOUBLE latency_ms:DOUBLE "
+    "position:VARCHAR fallback:VARCHAR rationale:VARCHAR created_at:TIMESTAMP",
+    optional="position fallback rationale",
 )
 _ORDERS = _table(
     "orders",
@@ -408,9 +417,17 @@ def insert_fills(con: Connection, frame: pd.DataFrame) -> int:
 
 def insert_decisions(con: Connection, frame: pd.DataFrame) -> int:
     """Write a run's decisions (``decisions`` columns; ``fill_date``, ``guard_note``,
-    ``rationale``, ``reward`` may be absent). Other columns, e.g. ``forward_return``, are
-    ignored. Returns rows written."""
+    ``rationale``, ``reward``, ``llm_cost_usd``, ``llm_tokens`` may be absent). Other columns,
+    e.g. ``forward_return``, are ignored. Returns rows written."""
     return _insert_frame(con, _DECISIONS, frame)
+
+
+def insert_transcripts(con: Connection, frame: pd.DataFrame) -> int:
+    """Write the llm orchestrator's conversations (``llm_transcripts`` columns; ``messages`` as
+    JSON text; ``created_at`` defaults to now). Returns rows written."""
+    if "created_at" not in frame:
+        frame = frame.assign(created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    return _insert_frame(con, _TRANSCRIPTS, frame)
 
 
 # ---- orders, fills, positions, cash, cycles (schema version 6) --------------------------------

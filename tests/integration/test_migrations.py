@@ -23,6 +23,7 @@ CREATED_BY = {
     3: ("decisions",),
     6: ("orders", "broker_fills", "positions", "cash_ledger", "cycles"),
     8: ("paper_accounts",),
+    9: ("llm_transcripts",),
 }
 TABLES = tuple(t for tables in CREATED_BY.values() for t in tables)
 
