@@ -82,12 +82,25 @@ Resampling
 - Rows are resampled whole: a 2-D (sessions x series) input keeps its series paired on the
   same days, which is what a difference of two strategies' Sharpe ratios needs
   (:func:`paired_block_bootstrap`).
+- :func:`sharpe_difference`: the annualised Sharpe difference of two aligned daily return
+  series with a paired stationary-bootstrap 95% percentile interval, drawn by
+  ``arch.bootstrap.StationaryBootstrap`` (both series indexed by the same resampled days).
+
+Selection bias (Bailey and Lopez de Prado)
+------------------------------------------
+- :func:`probabilistic_sharpe_ratio`, :func:`expected_max_sharpe` and
+  :func:`deflated_sharpe_ratio` follow Bailey and Lopez de Prado, "The Deflated Sharpe Ratio:
+  Correcting for Selection Bias, Backtest Overfitting and Non-Normality" (Journal of Portfolio
+  Management, 2014). They take *per-period* (not annualised) Sharpe ratios, the number of
+  returns ``T``, the skewness and the (Pearson, non-excess: 3 for a normal) kurtosis of the
+  returns: ``scipy.stats.skew(r)`` and ``scipy.stats.kurtosis(r, fisher=False)``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -106,16 +119,21 @@ __all__ = [
     "drawdown",
     "drawdown_periods",
     "drawdown_series",
+    "deflated_sharpe_ratio",
+    "expected_max_sharpe",
     "information_ratio",
     "max_drawdown",
     "monthly_returns",
     "paired_block_bootstrap",
     "performance_metrics",
+    "probabilistic_sharpe_ratio",
     "relative_metrics",
     "rolling_beta",
     "rolling_downside_deviation",
     "rolling_sharpe",
     "rolling_volatility",
+    "SharpeDifference",
+    "sharpe_difference",
     "sharpe_ratio",
     "simple_returns",
     "sortino_ratio",
@@ -713,6 +731,196 @@ def paired_block_bootstrap(
     both = np.column_stack([returns, other_returns])
     return stationary_block_bootstrap(
         both, lambda rows: statistic(rows[:, 0], rows[:, 1]), block, resamples, seed
+    )
+
+
+@dataclass(frozen=True)
+class SharpeDifference:
+    """The annualised Sharpe difference ``a - b`` with its paired bootstrap 95% interval.
+
+    ``low`` and ``high`` are the 2.5% and 97.5% quantiles of the difference over the
+    ``resamples`` resamples (NaN when no resample gave a finite difference); ``block_mean`` is
+    the mean block length in sessions; ``sessions`` the number of paired sessions used.
+    """
+
+    difference: float
+    low: float
+    high: float
+    resamples: int
+    block_mean: float
+    sessions: int
+    sharpe_a: float
+    sharpe_b: float
+
+    @property
+    def significant(self) -> bool:
+        """True when the whole interval lies on one side of zero."""
+        return bool(self.low > 0 or self.high < 0)
+
+
+def sharpe_difference(
+    returns_a: np.ndarray,
+    returns_b: np.ndarray,
+    *,
+    block_mean: float = 21,
+    resamples: int = 1000,
+    seed: int = 0,
+    periods_per_year: int = 252,
+) -> SharpeDifference:
+    """Annualised Sharpe of ``returns_a`` minus that of ``returns_b``, with a paired interval.
+
+    The interval comes from Politis and Romano's stationary bootstrap, drawn by
+    ``arch.bootstrap.StationaryBootstrap``: each resample picks the *same* day indices for
+    both series (geometric blocks of mean ``block_mean`` sessions, wrapping around), so the
+    correlation between the two strategies is kept, and the interval is the 2.5% and 97.5%
+    percentiles of the resampled differences (non-finite resamples left out).
+
+    Parameters
+    ----------
+    returns_a, returns_b
+        Daily simple returns of the two series on the same sessions (equal lengths). Sessions
+        where either is NaN are left out of both (pairwise).
+    block_mean
+        Mean block length in sessions (21, about a month).
+    resamples
+        Number of bootstrap resamples.
+    seed
+        Seed of the draws: the same inputs and seed give the same interval.
+    periods_per_year
+        Sessions per year used to annualise both Sharpe ratios.
+
+    Returns
+    -------
+    SharpeDifference
+        NaN difference and interval with fewer than two paired sessions.
+    """
+    from arch.bootstrap import StationaryBootstrap
+
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not block_mean >= 1:
+        raise ValueError(f"block_mean must be at least 1 session, got {block_mean}")
+    a, b = _finite_pairs(returns_a, returns_b)
+    if a.ndim != 1:
+        raise ValueError("sharpe_difference takes two 1-D series of returns")
+    n = len(a)
+    if n < 2:
+        return SharpeDifference(_NAN, _NAN, _NAN, resamples, float(block_mean), n, _NAN, _NAN)
+    sharpe_a = float(sharpe_ratio(a, periods_per_year))
+    sharpe_b = float(sharpe_ratio(b, periods_per_year))
+
+    def difference(x: np.ndarray, y: np.ndarray) -> float:  # the 1-D kernel: no per-call checks
+        return _sharpe(x, periods_per_year, 1e-9) - _sharpe(y, periods_per_year, 1e-9)
+
+    bootstrap = StationaryBootstrap(block_mean, a, b, seed=np.random.default_rng(seed))
+    values = np.fromiter(
+        (difference(x, y) for (x, y), _ in bootstrap.bootstrap(resamples)),
+        dtype=np.float64,
+        count=resamples,
+    )
+    low, high = _interval(values)
+    return SharpeDifference(
+        sharpe_a - sharpe_b, low, high, resamples, float(block_mean), n, sharpe_a, sharpe_b
+    )
+
+
+#: Euler-Mascheroni constant (the expected maximum of Gaussians, Bailey and Lopez de Prado).
+_EULER_GAMMA = 0.5772156649015329
+
+
+def probabilistic_sharpe_ratio(
+    sharpe: float,
+    sessions: int,
+    *,
+    skewness: float = 0.0,
+    kurtosis: float = 3.0,
+    benchmark_sharpe: float = 0.0,
+) -> float:
+    """Probability that the true Sharpe ratio exceeds ``benchmark_sharpe`` (PSR).
+
+    ``PSR = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2))``
+    (Bailey and Lopez de Prado 2012, eq. 2 of the 2014 paper), with per-period (not
+    annualised) Sharpe ratios ``sharpe`` and ``benchmark_sharpe`` of ``sessions`` returns
+    whose skewness and Pearson kurtosis (3 for a normal) are given.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN with fewer than two sessions, a non-finite input, or a variance term
+        that is not positive (an impossible skewness/kurtosis pair).
+    """
+    values = (sharpe, skewness, kurtosis, benchmark_sharpe)
+    if sessions < 2 or not all(math.isfinite(v) for v in values):
+        return _NAN
+    variance = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    if not variance > 0:
+        return _NAN
+    from scipy.stats import norm
+
+    z = (sharpe - benchmark_sharpe) * math.sqrt(sessions - 1) / math.sqrt(variance)
+    return float(norm.cdf(z))
+
+
+def expected_max_sharpe(trials: int, sharpe_variance: float, mean_sharpe: float = 0.0) -> float:
+    """Expected maximum Sharpe ratio of ``trials`` independent trials whose true Sharpe is 0.
+
+    ``E[max SR] ~ mean + sqrt(V) ((1 - g) Phi^-1(1 - 1/N) + g Phi^-1(1 - 1/(N e)))``, ``g``
+    the Euler-Mascheroni constant, ``V`` the variance of the trials' Sharpe ratios (in the
+    same units as the Sharpe compared with it: per period for :func:`deflated_sharpe_ratio`).
+    One trial gives ``mean_sharpe`` (nothing was selected).
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    if not sharpe_variance >= 0:
+        raise ValueError(f"sharpe_variance must be >= 0, got {sharpe_variance}")
+    if trials == 1:
+        return float(mean_sharpe)
+    from scipy.stats import norm
+
+    z = (1 - _EULER_GAMMA) * norm.ppf(1 - 1 / trials) + _EULER_GAMMA * norm.ppf(
+        1 - 1 / (trials * math.e)
+    )
+    return float(mean_sharpe + math.sqrt(sharpe_variance) * z)
+
+
+def deflated_sharpe_ratio(
+    sharpe: float,
+    sessions: int,
+    *,
+    trials: int,
+    sharpe_variance: float,
+    skewness: float = 0.0,
+    kurtosis: float = 3.0,
+) -> float:
+    """Deflated Sharpe Ratio: the PSR against the expected maximum Sharpe of ``trials`` trials.
+
+    ``DSR = PSR(SR0)`` with ``SR0 = expected_max_sharpe(trials, sharpe_variance)`` (Bailey and
+    Lopez de Prado 2014, eq. 2-3): the probability that the selected strategy's true Sharpe
+    beats what the best of ``trials`` skill-less trials would show by luck.
+
+    Parameters
+    ----------
+    sharpe
+        Observed per-period (not annualised) Sharpe ratio of the selected strategy.
+    sessions
+        Number of returns ``T`` behind it.
+    trials
+        Number of independent trials (orchestrators x profiles tried).
+    sharpe_variance
+        Variance of the trials' per-period Sharpe ratios (annualised variance / 252).
+    skewness, kurtosis
+        Skewness and Pearson kurtosis (3 for a normal) of the selected strategy's returns.
+
+    Notes
+    -----
+    The unit test reproduces the paper's numerical example (N = 100 trials, annualised
+    variance 0.5, annualised SR 2.5 over 5 years of 250 daily returns, skewness -3,
+    kurtosis 10: SR0 = 0.1132 per day and DSR = 0.9004) and checks an independent
+    scipy implementation and the limiting cases (one trial: DSR = PSR(0)).
+    """
+    threshold = expected_max_sharpe(trials, sharpe_variance)
+    return probabilistic_sharpe_ratio(
+        sharpe, sessions, skewness=skewness, kurtosis=kurtosis, benchmark_sharpe=threshold
     )
 
 

@@ -347,6 +347,15 @@ def data_import(
     adjusted: Annotated[bool, typer.Option("--adjusted",
                                            help="Closes are already adjusted: use close as "
                                                 "adj_close when that column is absent.")] = False,
+    on_bad_rows: Annotated[str, typer.Option("--on-bad-rows",
+                                             help="Bad rows (high < low or a price outside "
+                                                  "[low, high], one-day decimal-shift "
+                                                  "glitches, an open, high or low over 2x from "
+                                                  "the close, zero volume): fail (refuse the "
+                                                  "file), skip (drop them) or keep (store them "
+                                                  "flagged). What was skipped or kept goes to "
+                                                  "a JSON report in the reports folder.")
+                                             ] = "fail",
     date_format: DateFormatOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
@@ -354,20 +363,58 @@ def data_import(
 ) -> None:
     """Import daily bars from a file as the `file` source; a bad file writes nothing.
 
-    Dates are read exactly: ISO by default, else --date-format; bars must be on NYSE sessions
-    and their prices must fit together (high >= low, open and close within them).
+    Dates are read exactly: ISO by default, else --date-format; bars must be on NYSE sessions.
+    Bad rows (prices that do not fit together, one-day decimal-shift glitches, an open, high
+    or low over 2x from the close, zero volume) refuse the file unless --on-bad-rows skip
+    (dropped) or keep (stored, flagged: a backtest over them warns); what was skipped or kept,
+    and the missing sessions inside each ticker's span, go to a JSON report in the reports
+    folder.
 
-    Example: quantorch data import prices.csv, then quantorch backtest --source file --start 2020
+    Example: quantorch data import prices.csv --on-bad-rows skip, then quantorch backtest
+    --source file --start 2020
     """
     with guard(debug):
-        from quantorch.data.service import import_prices, read_price_file
+        from quantorch.data.service import (
+            bad_row_mode,
+            bad_rows_error,
+            import_prices,
+            inspect_price_file,
+            rows_to_import,
+            write_defect_report,
+        )
 
+        mode = bad_row_mode(on_bad_rows)  # before reading a large file
         cfg = load(config, {})
-        frame = read_price_file(file, adjusted=adjusted, date_format=date_format)
+        checked = inspect_price_file(file, adjusted=adjusted, date_format=date_format)
+        defects = checked.defects
+        if mode == "fail" and not defects.rows.empty:
+            # the details on stdout; the refusal stays one line on stderr
+            out.print(f"{file}: {len(defects.rows):,} bad row(s): {defects.summary()}",
+                      soft_wrap=True)
+            for line in defects.describe_rows(20):
+                out.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
+            raise bad_rows_error(defects, checked.origin)
+        frame = rows_to_import(checked, mode)
         store = open_store(cfg, db)
-        rows = import_prices(store, frame, source="file")
+        kept = defects.rows if mode == "keep" else None
+        rows = import_prices(store, frame, source="file", flagged=kept)
         n_tickers = frame["ticker"].nunique()
         out.print(f"imported {rows:,} rows for {n_tickers} ticker(s) from {file} into {store.path}")
+        if defects.rows.empty and defects.gaps.empty:
+            return
+        report = write_defect_report(checked, mode, cfg.reports_dir, rows_imported=rows).resolve()
+        if mode == "skip" and not defects.rows.empty:
+            out.print(f"skipped {len(defects.rows):,} bad row(s): {defects.summary()}; every one "
+                      f"is listed in {report}", soft_wrap=True)
+        elif not defects.rows.empty:
+            error_line(f"kept {len(defects.rows):,} bad row(s), flagged: {defects.summary()}; a "
+                       f"backtest over them warns; listed in {report}", prefix="warning: ",
+                       style="yellow")
+        if not defects.gaps.empty:
+            example = defects.gaps.iloc[0]
+            error_line(f"{defects.gaps_summary()} (e.g. {example['ticker']} "
+                       f"{example['date'].date()}): those tickers have no bar on those days; "
+                       f"listed in {report}", prefix="warning: ", style="yellow")
 
 
 @data_app.command("list")

@@ -62,8 +62,11 @@ def test_fetch_from_file_source_is_refused(tmp_path):
 
 def test_the_real_sp500_file_is_refused_for_its_bad_bars_quickly(tmp_path, shared_data):
     """The 1.8M-row OHLCV file has 43 bars whose prices do not fit (README: 17 with high < low,
-    on ARE ... SLG): the import names them on one line, stores nothing, and validating all of
-    it stays well inside the 30 s a full import of it may take."""
+    on ARE ... SLG), 12 one-day decimal-shift glitches (all among those bars), 63 bars with
+    an open, high or low over 2x away from the close and 284 zero-volume rows: by default the
+    import counts them on one line, stores nothing, and validating all of it stays well inside
+    the 30 s a full import of it may take (the --on-bad-rows modes:
+    tests/integration/test_import_defects.py)."""
     import time
 
     from quantorch.data.service import find_bad_bars, validate_prices
@@ -76,7 +79,11 @@ def test_the_real_sp500_file_is_refused_for_its_bad_bars_quickly(tmp_path, share
     assert result.exit_code == 2, result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "43 bar(s) whose prices do not fit together, first 5: ARE 2006-06-06" in lines[0]
+    assert (
+        "362 bad row(s) (43 bar(s) whose prices do not fit together (17 high < low), 12 one-day "
+        "decimal-shift glitch(es) of the close, 63 bar(s) with an open, high or low over 2x "
+        "away from the close, 284 zero-volume row(s)), first 5: ARE 2006-06-06"
+    ) in lines[0]
     assert "high < low" in lines[0] and "fix or drop these rows" in lines[0]
     assert not db.exists()
     assert elapsed < 30, f"reading and validating took {elapsed:.1f} s"
