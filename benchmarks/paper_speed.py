@@ -14,8 +14,8 @@ Warm cycle, 20 stocks (target <= 5 s)
     equity) and a session without a decision (settle, mark, record). Each is timed.
 
 Warm cycle, 500 tickers (target <= 60 s; skipped without ../shared/data)
-    The 503-ticker S&P 500 daily OHLCV file of ../shared/data, 2015-01-02 to 2017-11-10, its 43
-    bars whose prices do not fit dropped (the importer refuses them, see data/README), imported
+    The 503-ticker S&P 500 daily OHLCV file of ../shared/data, 2015-01-02 to 2017-11-10, read as
+    ``quantorch data import --adjusted --on-bad-rows skip`` reads it (its bad rows dropped), imported
     as the ``file`` source into a temporary database; the universe is the tickers with prices
     on the first session of 2016. An account opens on 2016-01-04 and the warm cycle is the
     decision of 2016-01-08, timed as above.
@@ -101,14 +101,12 @@ def warm_cycle_500(folder: Path) -> dict[str, float] | None:
     import pandas as pd
 
     from quantorch.config import load_config
-    from quantorch.data.service import find_bad_bars, import_prices, validate_prices
+    from quantorch.data.service import import_prices, read_price_file
     from quantorch.store import Store
 
-    raw = pd.read_csv(path)
-    raw = raw[raw["date"] >= "2015-01-02"]
-    bars = validate_prices(raw.assign(adj_close=raw["close"]), str(path))
-    bad = find_bad_bars(bars)
-    clean = bars.drop(bad.index) if len(bad) else bars
+    # as `quantorch data import FILE --adjusted --on-bad-rows skip` reads it
+    bars = read_price_file(path, adjusted=True, on_bad_rows="skip")
+    clean = bars[bars["date"] >= pd.Timestamp("2015-01-02")]
     db = folder / "sp500.duckdb"
     import_prices(Store(db), clean, "file")
     first = clean[clean["date"] == pd.Timestamp("2016-01-04")]
