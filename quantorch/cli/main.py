@@ -57,7 +57,7 @@ app.add_typer(data_app, name="data")
 
 def _register_commands() -> None:
     """Command groups that live in their own modules."""
-    from quantorch.cli import news_cmd, orchestrator_cmd, query_cmd
+    from quantorch.cli import news_cmd, orchestrator_cmd, query_cmd, train_llm_cmd
     from quantorch.cli.paper_cmd import paper_app
     from quantorch.cli.profile_cmd import profile_app
     from quantorch.cli.serve_cmd import serve_app
@@ -68,6 +68,7 @@ def _register_commands() -> None:
     app.add_typer(serve_app, name="serve")
     app.add_typer(tools_app, name="tools")
     orchestrator_cmd.register(app)
+    train_llm_cmd.register(app)
     query_cmd.register(app)
     news_cmd.register(data_app)
 
