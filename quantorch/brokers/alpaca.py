@@ -31,7 +31,6 @@ thrown away, or the process killed, between any two calls. See docs/brokers.md.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 import os
 import time
@@ -43,6 +42,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from quantorch._http import retry_after_seconds
 from quantorch.brokers import OrderAck
 from quantorch.data.calendar import EXCHANGE_TZ
 from quantorch.errors import QuantorchError, RetryableError, UserInputError
@@ -537,20 +537,7 @@ def _network_problem(exc: BaseException) -> str:
 def _retry_after(exc: Any) -> float | None:
     """The wait a 429 or 503 asks for (``Retry-After``: seconds or an HTTP date)."""
     response = getattr(exc, "response", None)
-    value = None if response is None else response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return retry_after_seconds(None if response is None else response.headers.get("Retry-After"))
 
 
 def _number(value: Any, what: str) -> float:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime as dt
-import email.utils
 import json
 import random
 import re
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
+from quantorch._http import retry_after_seconds
 from quantorch.llm.port import ChatModel, ChatReply, LLMError, LLMErrorKind, ToolCall, Usage
 from quantorch.llm.settings import LLMSettings
 from quantorch.redact import redact, redact_url
@@ -374,7 +373,7 @@ class OpenAIChatModel:
                     if status == 429
                     else "retry later or check the server's log",
                     status=status,
-                    retry_after=_retry_after(response.headers.get("Retry-After")),
+                    retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                 )
             if attempt + 1 < attempts:
                 await self._sleep(self._backoff(attempt, failure.retry_after))
@@ -563,23 +562,6 @@ def _model_ids(response: httpx.Response) -> list[str] | None:
         return [str(entry["id"]) for entry in data]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (a number or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _int_or_none(value: object) -> int | None:
