@@ -300,7 +300,8 @@ ToolCallsOpt = Annotated[
     typer.Option("--tool-calls", metavar="HOW", show_default=False,
                  help="How an orchestrator's tool calls are answered: panel (whole-period "
                       "panels, fast; the default) or live (real calls through the tool runner "
-                      "at each decision time: asof cut, timeout, cache)."),
+                      "at each decision time: asof cut, timeout, cache). The llm "
+                      "orchestrator always makes real calls."),
 ]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="N", show_default=False,
                                                 help="Random seed [default: 42].")]
