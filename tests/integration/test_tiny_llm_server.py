@@ -1,23 +1,51 @@
 """A real ``transformers serve`` of the tiny Qwen3 model answers OpenAI chat completions with
 parsed ``tool_calls``: one analysis call for the ticker the user named, then, after the tool's
-result, ``submit_decision`` (the loop quantorch's LLM orchestrator runs per ticker and session)."""
+result, ``submit_decision`` (the loop quantorch's LLM orchestrator runs per ticker and session).
+The model is the one the orchestrator tests use (warmed up on conversations rendered with the
+orchestrator's own prompts, tests/support/llm_examples.py), so one build serves both."""
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 
 import httpx
 import pytest
 
-from tests.support.tiny_llm import POSITIONS, default_examples, shared_server, submit_decision_tool
+from quantorch.config import load_config
+from quantorch.llm.prompts import (
+    BUCKET_NAMES,
+    error_content,
+    openai_tools,
+    system_prompt,
+    tool_result_content,
+    user_message,
+)
+from quantorch.orchestrator.profiles import load_profile
+from quantorch.orchestrator.slots import resolve_slots
+from quantorch.toolkit.registry import get_tool
+from tests.support.llm_examples import (
+    SLOT_NAMES,
+    orchestrator_examples,
+    sample_decision,
+    technical_result,
+)
+from tests.support.tiny_llm import missing_requirements, serve, submit_decision_tool, tiny_model_dir
 
 pytestmark = pytest.mark.slow
+PROFILE = load_profile("neutral")
+SLOTS = resolve_slots(list(SLOT_NAMES))
+SPECS = {s.tool: get_tool(s.tool).spec for s in SLOTS}
+TOOLS = openai_tools(SLOTS, SPECS, PROFILE)
 
 
 @pytest.fixture(scope="module")
 def tiny_llm_server():
-    with shared_server() as server:
+    missing = missing_requirements()
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (pip install -e '.[dev]')")
+    with serve(tiny_model_dir(orchestrator_examples(load_config().universe))) as server:
         yield server
 
 
@@ -50,22 +78,21 @@ def _one_call(reply: dict, tools: list[dict]) -> tuple[dict, dict]:
     return call, arguments
 
 
-def _conversation(ticker: str) -> list[dict]:
-    system = {"role": "system", "content": "You are quantorch's trading orchestrator. Call "
-                                           "analysis tools, then submit_decision exactly once."}
-    user = {"role": "user", "content": f"Ticker: {ticker}\nSession: 2021-03-04\n"
-                                       f"Current position: flat\nBudget: $0.05"}
-    return [system, user]
+def _conversation(ticker: str, seed: int = 0) -> list[dict]:
+    decision = sample_decision(random.Random(seed), ticker, PROFILE)
+    return [{"role": "system", "content": system_prompt(PROFILE, SLOTS, SPECS, 0.05, 0.20)},
+            {"role": "user", "content": user_message(decision)}]
 
 
 def _tool_result(call: dict, ticker: str, failed: bool) -> dict:
-    payload = {"tool": call["function"]["name"], "provider": "basic", "ticker": ticker,
-               "asof": "2021-03-04"}
     if failed:
-        payload |= {"error": "provider timed out", "error_kind": "temporary"}
+        content = error_content("technical: no price history before the decision")
     else:
-        payload["features"] = {"close_vs_sma20": 0.031, "rsi14": 0.12}
-    return {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(payload)}
+        decision = sample_decision(random.Random(1), ticker, PROFILE)
+        result = technical_result(random.Random(2), decision, SLOTS[0])
+        content = tool_result_content(result, SLOTS[0].features,
+                                      PROFILE.cost_budget_usd - SLOTS[0].price_usd)
+    return {"role": "tool", "tool_call_id": call["id"], "content": content}
 
 
 def _assistant(call: dict) -> dict:
@@ -75,7 +102,7 @@ def _assistant(call: dict) -> dict:
 
 @pytest.mark.parametrize("failed", [False, True], ids=["tool-ok", "tool-error"])
 def test_tool_call_then_decision(tiny_llm_server, failed):
-    tools = default_examples(1, seed=4242)[0]["tools"]
+    tools = TOOLS
     messages = _conversation("MSFT")
 
     call, arguments = _one_call(_post(tiny_llm_server, messages, tools), tools)
@@ -87,15 +114,15 @@ def test_tool_call_then_decision(tiny_llm_server, failed):
     assert answer["model"] == tiny_llm_server.model
     decision, arguments = _one_call(answer, tools)
     assert decision["function"]["name"] == "submit_decision"
-    assert arguments["position"] in POSITIONS
+    assert arguments["position"] in BUCKET_NAMES
     assert arguments["position"] == ("flat" if failed else "half_long")
     assert isinstance(arguments["rationale"], str) and arguments["rationale"]
 
 
 def test_behind_quantorch_tool_table(tiny_llm_server):
-    """The real registry's tool schemas (long descriptions the model never saw) change nothing:
-    the model only attends to the last few hundred tokens. ``tool_choice`` is accepted (ignored
-    by transformers serve)."""
+    """The registry's own tool schemas (every provider, long descriptions the model never saw)
+    change nothing: the model only attends to the last few hundred tokens. ``tool_choice`` is
+    accepted (ignored by transformers serve)."""
     from quantorch.toolkit.registry import all_tools
 
     tools = [tool.spec.openai_tool() for tool in all_tools()] + [submit_decision_tool()]
@@ -111,7 +138,7 @@ def test_behind_quantorch_tool_table(tiny_llm_server):
 
 def test_two_concurrent_requests(tiny_llm_server):
     """The server takes two requests at once (it generates them one after the other)."""
-    tools = default_examples(1, seed=4243)[0]["tools"]
+    tools = TOOLS
     replies: dict[str, dict] = {}
     errors: list[Exception] = []
 
