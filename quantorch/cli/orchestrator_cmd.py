@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -126,6 +127,22 @@ def evaluate(
         help="Comma-separated subset of: policy, all-tools, free-tools, technical-only, random, "
              "llm (a chat model at the config's llm.base_url), buy-and-hold (the rule strategy) "
              "[default: all; llm when llm.base_url is set].")] = None,
+    walk_forward: Annotated[bool, typer.Option(
+        "--walk-forward", help="Refit yearly and test each year from --start to --end out of "
+                               "sample, stitched (docs/walkforward.md).")] = False,
+    train_years: Annotated[str, typer.Option(
+        "--train-years", metavar="N|all",
+        help="Walk-forward: training years before each validation year.")] = "all",
+    refit: Annotated[str, typer.Option("--refit", metavar="WHEN",
+                                       help="Walk-forward: when to retrain (yearly).")] = "yearly",
+    workers: Annotated[int, typer.Option("--workers", min=1, metavar="N",
+                                         help="Walk-forward: folds run at once.")] = 1,
+    executor: Annotated[str, typer.Option(
+        "--executor", metavar="local|dask://HOST:PORT",
+        help="Walk-forward: where folds run (dask needs quantorch[cluster]).")] = "local",
+    steps: Annotated[int | None, typer.Option(
+        "--steps", min=1000, metavar="N", show_default=False,
+        help="Walk-forward: PPO steps per training [default: training.steps].")] = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
@@ -138,6 +155,11 @@ def evaluate(
     stores the evaluation, and writes an HTML report with the cost-vs-Sharpe plot.
 
     Example: quantorch evaluate --start 2020 --end 2022-12-28 --seeds 5
+
+    With --walk-forward: one fold per year from --start to --end (train on the years before,
+    validate on the year before, test on the year), stitched out of sample, with paired Sharpe
+    differences and the Deflated Sharpe Ratio; an interrupted sweep resumes (docs/walkforward.md).
+    Example: quantorch evaluate --walk-forward --start 2008 --end 2022 --workers 2
     """
     with guard(debug):
         from quantorch.orchestrator import check_orchestrator_name
@@ -164,12 +186,95 @@ def evaluate(
 
         chosen = resolve_profiles(wanted, available_tools())
         store = open_store(cfg, db)
+        if walk_forward:
+            _walk_forward(cfg, store, chosen, names, start, end, train_years, refit, workers,
+                          executor, steps, json_output)
+            return
         with BarProgress() as progress:
             evaluation = run_evaluation(cfg, store, chosen, names, seeds, progress=progress)
         if json_output:
             sys.stdout.write(json.dumps(evaluation.to_json(), allow_nan=False) + "\n")
             return
         _print_evaluation(evaluation)
+
+
+def _walk_forward(cfg, store, chosen, names, start, end, train_years, refit, workers, executor,
+                  steps, json_output) -> None:
+    from quantorch.errors import UserInputError
+    from quantorch.walkforward import make_executor, walk_forward
+
+    if start is None or end is None:
+        raise UserInputError("--walk-forward needs --start and --end years (e.g. --start 2016 "
+                             "--end 2018)")
+    first, last = parse_date(start).year, parse_date(end, is_end=True).year
+    if train_years == "all":
+        years = None
+    elif train_years.isdigit():
+        years = int(train_years)
+    else:
+        raise UserInputError(f"--train-years '{train_years}': give a number of years or 'all'")
+    pool, client = make_executor(executor, workers)
+    try:
+        with BarProgress() as progress:
+            result = walk_forward(cfg, store, chosen, names, start_year=first, end_year=last,
+                                  train_years=years, refit=refit, executor=pool, workers=workers,
+                                  steps=steps, progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if client is not None:
+            client.close()
+    if json_output:
+        sys.stdout.write(json.dumps(result.to_json(), allow_nan=False) + "\n")
+        return
+    _print_walk_forward(result)
+
+
+def _print_walk_forward(result) -> None:
+    """The walk-forward table: stitched out-of-sample figures, with each fold's Sharpe."""
+    years = [f.test_year for f in result.folds]
+    table = compact_table(f"walk-forward, out of sample {years[0]}-{years[-1]} "
+                          f"({len(years)} yearly folds)")
+    for column in ("orch.", "profile", "Sharpe [95% CI]", "DSR", "CAGR", "maxDD", "expo",
+                   "$/dec", "calls"):
+        table.add_column(column, justify="left" if column in {"orch.", "profile"} else "right",
+                         no_wrap=True)
+
+    def num(value, spec):
+        return "-" if value is None or math.isnan(value) else format(value, spec)
+
+    for r in result.rows:
+        lo, hi = r.sharpe_ci_bootstrap
+        table.add_row(
+            _SHORT.get(r.orchestrator, r.orchestrator), _SHORT.get(r.profile, r.profile),
+            f"{num(r.sharpe, '.2f')} [{num(lo, '.1f')},{num(hi, '.1f')}]",
+            num(r.deflated_sharpe, ".2f"), num(r.cagr, "+.1%"), num(r.max_drawdown, ".0%"),
+            num(r.exposure, ".2f"), num(r.tool_cost_per_decision_usd, ".4f"),
+            num(r.calls_per_decision, ".2f"),
+        )
+    out.print(table)
+    out.print(f"DSR = Deflated Sharpe Ratio over {result.trials} trials (orchestrators x "
+              "profiles); expo = mean gross exposure; $/dec = tool cost per decision (USD); "
+              "calls = tool calls per decision", style="dim")
+    folds = compact_table("Sharpe of each fold's test year (the figures above are stitched "
+                          "from these)")
+    folds.add_column("orch.", no_wrap=True)
+    folds.add_column("profile", no_wrap=True)
+    for year in years:
+        folds.add_column(f"{year % 100:02d}", justify="right", no_wrap=True)
+    for r in result.rows:
+        folds.add_row(_SHORT.get(r.orchestrator, r.orchestrator), _SHORT.get(r.profile, r.profile),
+                      *(num(r.per_fold_sharpe.get(y), ".1f") for y in years))
+    out.print(folds)
+    for r in result.rows:
+        for baseline, d in r.versus.items():
+            style = "green" if d["significant"] and d["difference"] > 0 else (
+                "red" if d["significant"] else "dim")
+            out.print(f"{r.orchestrator} - {baseline} ({r.profile}): Sharpe "
+                      f"{num(d['difference'], '+.2f')} [{num(d['low'], '+.2f')}, "
+                      f"{num(d['high'], '+.2f')}] paired 95% CI", style=style)
+    out.print(f"folds: {len(result.computed_folds)} computed, {len(result.reused_folds)} reused; "
+              f"sweep: {result.sweep_dir}")
 
 
 #: Short names in the evaluate table (the legend under it spells them out).
