@@ -22,6 +22,12 @@
 #   READY_TIMEOUT_S         seconds to wait for GET /v1/models [900]
 #   RESULT_JSON             also write the figures to this JSON file
 #   KEEP_WORK               non-empty: keep the work folder (vLLM log, config, report, database)
+#   TRAIN                   non-empty: first fine-tune MODEL with `quantorch train-llm` (SFT, then
+#                           GRPO, LoRA; docs/llm.md "Fine-tuning with TRL"), time it, then serve
+#                           and backtest the merged checkpoint instead of MODEL
+#   TRAIN_PYTHON            interpreter of the training environment: quantorch[llm-train] with a
+#                           CUDA torch, no vLLM in it [$PYTHON]
+#   TRAIN_ARGS              extra train-llm flags [--steps 50 --sft-steps 50 --episodes 400 --bf16]
 set -euo pipefail
 
 MODEL=${1:-${MODEL:-Qwen/Qwen3-8B}}
@@ -84,6 +90,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 now() { date +%s.%N; }
+
+# ---- 0. optionally, fine-tune first ----------------------------------------------------------
+if [[ -n "${TRAIN:-}" ]]; then
+    TRAIN_PYTHON=${TRAIN_PYTHON:-$PYTHON}
+    read -r -a train_extra <<<"${TRAIN_ARGS:---steps 50 --sft-steps 50 --episodes 400 --bf16}"
+    say "fine-tuning $MODEL (quantorch train-llm ${train_extra[*]})"
+    train_started=$(now)
+    "$TRAIN_PYTHON" -m quantorch train-llm --base "$MODEL" --out "$WORK/finetuned" \
+        "${train_extra[@]}" --json >"$WORK/train.json"
+    train_s=$("$PYTHON" -c "print(f'{$(now) - $train_started:.1f}')")
+    say "fine-tuned in $train_s s: $WORK/finetuned (adapter/, merged/, provenance.json)"
+    MODEL="$WORK/finetuned/merged"
+fi
 
 # ---- 1. vLLM in its own environment ----------------------------------------------------------
 VLLM="$VLLM_VENV/bin/vllm"
