@@ -52,11 +52,11 @@ import numpy as np
 from quantorch.llm.orchestrator import (
     LLMSettingsView,
     Plan,
-    _arguments,
-    _Refused,
-    _slot,
-    _validators,
+    Refused,
+    check_arguments,
+    check_tool_call,
     hold_bucket,
+    validators,
 )
 from quantorch.llm.prompts import (
     BUCKET_NAMES,
@@ -114,7 +114,7 @@ class EpisodeSetup:
                         for p in self.profiles]
         self._tools = [openai_tools(data.slots, self.specs, p) for p in self.profiles]
         #: the serving orchestrator's compiled validators, one set per profile
-        self._checks = [_validators(tools) for tools in self._tools]
+        self._checks = [validators(tools) for tools in self._tools]
 
     def profile_index(self, name: str) -> int:
         return next(i for i, p in enumerate(self.profiles) if p.name == name)
@@ -223,10 +223,10 @@ class DecisionEpisode:
         setup = self.setup
         profile = self._profile()
         try:
-            checked = _arguments(name, json.dumps(arguments), self._schemas())
-            slot = _slot(name, checked, self.context, setup.dataset.slots, self.plan, self.spent,
-                         profile.cost_budget_usd)
-        except _Refused as exc:
+            checked = check_arguments(name, json.dumps(arguments), self._schemas())
+            slot = check_tool_call(name, checked, self.context, setup.dataset.slots, self.plan,
+                                   self.spent, profile.cost_budget_usd)
+        except Refused as exc:
             return self._refuse(str(exc))
         self.spent += setup.dataset.slots[slot].price_usd
         self.plan.calls.append(slot)
@@ -236,9 +236,9 @@ class DecisionEpisode:
         if self.ended:
             return self._after_end()
         try:
-            checked = _arguments(SUBMIT, json.dumps({"position": position,
+            checked = check_arguments(SUBMIT, json.dumps({"position": position,
                                                      "rationale": rationale}), self._schemas())
-        except _Refused as exc:
+        except Refused as exc:
             return self._refuse(str(exc))
         bucket = BUCKET_NAMES.index(checked["position"])
         if bucket not in allowed_buckets(self._profile()):  # pragma: no cover - the enum

@@ -58,7 +58,18 @@ from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.profiles import TraderProfile
 from quantorch.toolkit.spec import ToolResult, ToolSpec
 
-__all__ = ["LLMOrchestrator", "LLMSettingsView", "Plan", "transcript_cache_key"]
+__all__ = [
+    "LLMOrchestrator",
+    "LLMSettingsView",
+    "Plan",
+    "Refused",
+    "check_arguments",
+    "check_tool_call",
+    "hold_bucket",
+    "strip_thinking",
+    "transcript_cache_key",
+    "validators",
+]
 
 #: ``get``/``put`` (and ``flush``) of JSON replies by key: a
 #: :class:`~quantorch.llm.cache.TranscriptCache` in runs.
@@ -120,7 +131,7 @@ def transcript_cache_key(model: str, body: Mapping[str, Any]) -> str:
     return "orchestrator:llm:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A function call that fails the client-side checks (the message goes to the model)."""
 
 
@@ -236,7 +247,7 @@ class LLMOrchestrator:
         messages: list[dict[str, Any]] = [{"role": "system", "content": system},
                                           {"role": "user", "content": user_message(decision)}]
         plan.messages = messages
-        schemas = _validators(tools)
+        schemas = validators(tools)
         spent = 0.0
         mistakes = 0
         while plan.bucket is None and plan.fallback is None:
@@ -263,18 +274,18 @@ class LLMOrchestrator:
                         f"ignored: the decision was already submitted by {SUBMIT}")))
                     continue
                 try:
-                    arguments = _arguments(call.name, call.arguments, schemas)
+                    arguments = check_arguments(call.name, call.arguments, schemas)
                     if call.name == SUBMIT:
                         bucket = BUCKET_NAMES.index(arguments["position"])
                         if bucket not in allowed_buckets(profile):  # pragma: no cover - enum
-                            raise _Refused(f"position {arguments['position']} is not allowed")
+                            raise Refused(f"position {arguments['position']} is not allowed")
                         plan.bucket = bucket
                         plan.rationale = " ".join(str(arguments["rationale"]).split())[:300]
                         messages.append(_tool_message(call.id, json.dumps({"accepted": True})))
                         continue
-                    slot = _slot(call.name, arguments, decision, slots, plan, spent,
+                    slot = check_tool_call(call.name, arguments, decision, slots, plan, spent,
                                  profile.cost_budget_usd)
-                except _Refused as exc:
+                except Refused as exc:
                     refused = True
                     messages.append(_tool_message(call.id, error_content(str(exc))))
                     continue
@@ -302,24 +313,24 @@ def _tool_message(call_id: str, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 
-def _arguments(name: str, raw: str, schemas: Mapping[str, Any]) -> dict[str, Any]:
+def check_arguments(name: str, raw: str, schemas: Mapping[str, Any]) -> dict[str, Any]:
     """The call's arguments, checked against the function's schema."""
     if name not in schemas:
-        raise _Refused(f"unknown function '{name}'; call one of: {', '.join(schemas)}")
+        raise Refused(f"unknown function '{name}'; call one of: {', '.join(schemas)}")
     try:
         arguments = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, AttributeError) as exc:
-        raise _Refused(f"the arguments of {name} are not valid JSON ({exc})") from None
+        raise Refused(f"the arguments of {name} are not valid JSON ({exc})") from None
     if not isinstance(arguments, dict):
-        raise _Refused(f"the arguments of {name} must be a JSON object")
+        raise Refused(f"the arguments of {name} must be a JSON object")
     error = jsonschema.exceptions.best_match(schemas[name].iter_errors(arguments))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "arguments"
-        raise _Refused(f"{name}: {where}: {error.message}")
+        raise Refused(f"{name}: {where}: {error.message}")
     return arguments
 
 
-def _validators(tools: Sequence[dict]) -> dict[str, Any]:
+def validators(tools: Sequence[dict]) -> dict[str, Any]:
     """A compiled JSON-schema validator per function (built once per tool list)."""
     key = json.dumps(tools, sort_keys=True)
     cached = _VALIDATORS.get(key)
@@ -334,18 +345,18 @@ def _validators(tools: Sequence[dict]) -> dict[str, Any]:
 _VALIDATORS: dict[str, dict[str, Any]] = {}
 
 
-def _slot(name: str, arguments: dict[str, Any], decision: DecisionContext,
+def check_tool_call(name: str, arguments: dict[str, Any], decision: DecisionContext,
           slots: Sequence[ToolSlot], plan: Plan, spent: float, budget: float) -> int:
     """The slot a valid tool call asks for, or a refusal (the decision core's masks)."""
     if str(arguments["ticker"]).strip().upper() != decision.ticker.upper():
-        raise _Refused(f"this decision is about {decision.ticker}, not {arguments['ticker']}")
+        raise Refused(f"this decision is about {decision.ticker}, not {arguments['ticker']}")
     index = next(i for i, s in enumerate(slots)
                  if s.tool == name and s.provider == arguments["provider"])
     if any(slots[k].tool == name for k in plan.calls):
-        raise _Refused(f"{name} was already called for this decision: its result is above")
+        raise Refused(f"{name} was already called for this decision: its result is above")
     price = slots[index].price_usd
     if price > budget - spent + 1e-12:
-        raise _Refused(f"over budget: {name}:{arguments['provider']} costs ${price:.4f}, "
+        raise Refused(f"over budget: {name}:{arguments['provider']} costs ${price:.4f}, "
                        f"${max(budget - spent, 0.0):.4f} left")
     return index
 
