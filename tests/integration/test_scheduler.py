@@ -455,6 +455,10 @@ def test_a_scheduler_killed_mid_cycle_leaves_no_lock_and_the_restart_reruns_the_
     proc = spawn(cycles, grace_s=60, sleep=30.0)
     wait_running(store, proc)
     wait_for(lambda: marker.exists() and "start" in marker.read_text(), timeout=20)
+    # APScheduler moves the job to its next run time right after submitting the cycle, in its
+    # own thread: under load the cycle can start first, so wait for the store to point at B
+    wait_for(lambda: status(store, ACCOUNT)["next_fire_time"] == now + dt.timedelta(hours=1),
+             timeout=20)
     proc.kill()  # a crash in the middle of A's cycle
     proc.wait(timeout=20)
     assert lock_path_for(store).read_text().strip() == str(proc.pid)  # the dead PID ...
