@@ -54,7 +54,6 @@ from quantorch.llm.prompts import (
     user_message,
 )
 from quantorch.orchestrator.dataset import ToolSlot
-from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.profiles import TraderProfile
 from quantorch.toolkit.spec import ToolResult, ToolSpec
 
@@ -136,8 +135,10 @@ class Refused(Exception):
 
 
 class LLMOrchestrator:
-    """The ``llm`` tier (see the module docstring). ``choose`` is not used: the kernel asks
-    :meth:`plan_session` for the session's plans and replays them through ``DecisionCore``."""
+    """The ``llm`` tier (see the module docstring). It is not stepped action by action like the
+    other orchestrators: the kernel asks :meth:`plan_session` for the session's plans and
+    replays them through ``DecisionCore`` with a ``ScriptedRouter``, which carries the
+    environment settings (no slot restrictions: the client-side checks mirror the masks)."""
 
     name = "llm"
 
@@ -157,13 +158,6 @@ class LLMOrchestrator:
         self.injection_check = injection_check or (lambda text: False)
         self.stats = {"decisions": 0, "fallbacks": 0, "corrections": 0, "requests": 0,
                       "cached_requests": 0}
-
-    # the Orchestrator protocol (slot restrictions: none; the validation mirrors the masks)
-    def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
-        return replace(base, allowed_slots=None, forced_routing=None)
-
-    def choose(self, obs, masks, core):  # pragma: no cover - the kernel replays plans instead
-        raise NotImplementedError("the llm orchestrator decides through plan_session")
 
     # ---- one session --------------------------------------------------------------------------
     def plan_session(
