@@ -228,7 +228,8 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
                 "Sharpe and CAGR is the 95% interval of a stationary block bootstrap of the daily "
                 'returns (blocks of 21 sessions on average, 1,000 resamples); "over seeds" is '
                 "the mean \u00b1 1.96 standard errors across seeds (only the random router draws "
-                "random numbers). Tool cost is the total paid over the period; preference "
+                "random numbers). Tool cost is the total paid over the period (for llm, its "
+                "own tokens too); preference "
                 "adherence is the share of the profile's tool-preference weight the decisions "
                 "covered."
             ),
