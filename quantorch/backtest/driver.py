@@ -3,7 +3,8 @@
 At each session: the orders decided at the previous decision fill (kernel fill rules: the
 reference price, slippage, fees, the cash check), the book is marked at the close, and at a
 decision date :func:`~quantorch.kernel.step.decision_step` decides for the book as it stands;
-its target weights become share orders sized at that close. A paper cycle does exactly this for
+the decisions' bill (tools and model tokens) is paid from the cash, and the target weights
+become share orders sized at that close. A paper cycle does exactly this for
 one session, with a broker instead of the in-memory fills, so a backtest and a paper replay of
 the same period agree fill for fill.
 
@@ -27,6 +28,7 @@ from quantorch.kernel.book import BookState, session_marks
 from quantorch.kernel.execution import Costs, execute, orders_from_deltas, target_shares
 from quantorch.kernel.step import StepResult
 from quantorch.progress import SILENT, Progress
+from quantorch.store import repository
 
 __all__ = ["Walk", "walk"]
 
@@ -46,6 +48,8 @@ class Walk:
     tool_calls: list[dict] = field(default_factory=list)
     transcripts: list[dict] = field(default_factory=list)
     kill_sessions: list[pd.Timestamp] = field(default_factory=list)
+    #: USD each decision session's decisions cost (tools + model tokens), paid at its close.
+    bills: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     #: The RiskGuard's target weights of each decision date (over the panel's tickers).
     targets: dict[pd.Timestamp, np.ndarray] = field(default_factory=dict)
     final_book: BookState | None = None
@@ -80,6 +84,7 @@ def walk(
     equity = np.empty(len(dates))
     result = Walk(orders=pd.DataFrame(), equity=pd.Series(dtype=float))
     pending: np.ndarray | None = None
+    bills: dict[pd.Timestamp, float] = {}
     if broker is not None:
         broker.open(initial_cash, dates[0])
     progress.phase("deciding session by session", len(wanted))
@@ -101,6 +106,16 @@ def walk(
         if session in wanted:
             outcome = step(book, session, len(result.decisions))
             book = outcome.book
+            if outcome.bill_usd:  # the decisions' bill, paid before the orders are sized
+                bills[session] = outcome.bill_usd
+                if broker is not None:
+                    with broker.store.transaction() as con:
+                        repository.insert_decision_bill(con, broker.account, session,
+                                                        outcome.tool_cost_usd,
+                                                        outcome.llm_cost_usd)
+                    book = book.after(book.shares, broker.cash())
+                else:
+                    book = book.after(book.shares, book.cash - outcome.bill_usd)
             result.decisions.extend(outcome.decisions)
             result.tool_calls.extend(outcome.tool_calls)
             result.transcripts.extend(outcome.transcripts)
@@ -119,6 +134,7 @@ def walk(
         equity[i] = book.equity
     result.orders = pd.DataFrame(orders, index=dates, columns=tickers)
     result.equity = pd.Series(equity, index=dates, name="equity")
+    result.bills = pd.Series(bills, dtype=float, name="bill_usd")
     result.final_book = book
     return result
 

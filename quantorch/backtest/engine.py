@@ -41,6 +41,13 @@ engine of record: the fills and cash returned are vectorbt's. They must equal th
 walk to 1e-9 relative; a difference is a bug and raises :class:`RuntimeError` naming the first
 session and ticker where they part.
 
+Decision bills
+--------------
+An orchestrator's decisions cost money besides trading: the tools it called and its model's
+tokens. :func:`simulate_orders` takes them as ``bills`` (USD per decision session) and debits
+them from the cash at that session's close (:mod:`quantorch.kernel.execution`), so equity,
+Sharpe and every other figure are net of them.
+
 Cash-buffer rule (how a target weight becomes an order)
 -------------------------------------------------------
 Every non-NaN target weight ``w`` is applied as ``w / ((1 + s) * (1 + f))`` of equity valued at
@@ -128,7 +135,8 @@ class _Walk:
     orders: np.ndarray  # signed shares executed at each session (NaN: none)
     filled: np.ndarray  # signed shares filled (0: none)
     fees: np.ndarray
-    cash: np.ndarray  # after each session's fills
+    cash: np.ndarray  # after each session's fills (and the bill paid at its close)
+    bills: np.ndarray | None = None  # USD debited at each session's close
 
 
 def simulate(
@@ -181,6 +189,7 @@ def simulate_orders(
     orders: pd.DataFrame,
     costs: Costs,
     initial_cash: float,
+    bills: pd.Series | None = None,
 ) -> SimulationResult:
     """Execute given share orders on ``panel`` from all cash, with the engine's fill rules.
 
@@ -196,12 +205,18 @@ def simulate_orders(
         Fees and slippage, always charged.
     initial_cash
         Starting cash (no positions).
+    bills
+        Decision sessions (a subset of ``panel.dates``) -> USD the decisions of that session
+        cost besides trading (tools, model tokens), debited from the cash at its close, after
+        its fills (:mod:`quantorch.kernel.execution`, "Decision bills"). vectorbt has no cash
+        withdrawals, so with bills it is given the quantities the kernel filled (a buy the
+        bills left no cash for is not in them) and its cash is checked net of the bills paid.
 
     Returns
     -------
     SimulationResult
         vectorbt's record of the orders; ``decision_date`` of a fill is the session before
-        its ``fill_date``.
+        its ``fill_date``. ``equity`` and ``cash`` are net of the bills.
 
     Raises
     ------
@@ -221,10 +236,30 @@ def simulate_orders(
             f"orders has an order on {dates[0].date()}, the first session of the panel: an "
             "order fills the session after its decision, so start the panel a session earlier"
         )
+    debits = _bills(bills, dates)
     prices = _prices(panel)
-    walk = _walk(prices, costs, float(initial_cash), orders=grid)
+    walk = _walk(prices, costs, float(initial_cash), orders=grid, bills=debits)
     del grid
     return _record(panel, prices, walk, costs, float(initial_cash))
+
+
+def _bills(bills: pd.Series | None, dates: pd.DatetimeIndex) -> np.ndarray | None:
+    """``bills`` on the panel's sessions (0 elsewhere); None when there is nothing to pay."""
+    if bills is None or not len(bills) or not (bills.to_numpy(dtype=np.float64) != 0).any():
+        return None
+    values = bills.to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError("bills must be finite amounts >= 0 (USD paid at each decision)")
+    index = pd.DatetimeIndex(bills.index)
+    if not index.is_unique:
+        raise ValueError("bills has duplicate sessions")
+    rows = dates.get_indexer(index)
+    if (rows < 0).any():
+        raise ValueError(f"bills has session {index[rows < 0][0].date()} that is not a "
+                         "session of the panel")
+    out = np.zeros(len(dates))
+    out[rows] = values
+    return out
 
 
 def _check_cash(initial_cash: float) -> None:
@@ -255,9 +290,11 @@ def _walk(
     *,
     target: np.ndarray | None = None,
     orders: np.ndarray | None = None,
+    bills: np.ndarray | None = None,
 ) -> _Walk:
-    """Run the kernel session by session: fills at the open (reference price), then, with
-    ``target``, size the next session's orders at this close."""
+    """Run the kernel session by session: fills at the open (reference price), the bill of
+    the session's decisions paid at its close, then, with ``target``, size the next session's
+    orders at this close."""
     n_dates, n_tickers = prices.reference.shape
     if orders is None:
         orders = np.full((n_dates, n_tickers), np.nan)
@@ -274,12 +311,14 @@ def _walk(
             shares, cash = done.shares, done.cash
             filled[i] = done.filled
             fees[i] = done.fees
+        if bills is not None:
+            cash -= bills[i]
         cash_path[i] = cash
         if decides is not None and decides[i] and i + 1 < n_dates:
             orders[i + 1] = target_shares(
                 shares, cash, target[i], prices.close[i], costs, marks=prices.mark[i]
             )
-    return _Walk(orders=orders, filled=filled, fees=fees, cash=cash_path)
+    return _Walk(orders=orders, filled=filled, fees=fees, cash=cash_path, bills=bills)
 
 
 def _record(
@@ -290,8 +329,11 @@ def _record(
     tickers = list(panel.tickers)
     n_dates, n_tickers = len(dates), len(tickers)
     reference = prices.reference
-    n_orders = int(np.count_nonzero(~np.isnan(walk.orders) & ~np.isnan(reference)))
-    records = _run_vectorbt(prices.close, walk.orders, reference, costs, initial_cash, n_orders)
+    # vectorbt cannot withdraw the bills: it gets what the kernel filled (its cash, ahead by
+    # the bills paid, covers each of those fills) and its cash is compared net of the bills
+    sizes = walk.orders if walk.bills is None else np.where(walk.filled != 0, walk.filled, np.nan)
+    n_orders = int(np.count_nonzero(~np.isnan(sizes) & ~np.isnan(reference)))
+    records = _run_vectorbt(prices.close, sizes, reference, costs, initial_cash, n_orders)
     _check_fills(records, walk, dates, tickers)
 
     # Fill order: by session, then ticker name.
@@ -317,6 +359,8 @@ def _record(
     value = np.cumsum(flow, axis=0, out=flow)  # positions in shares ...
     cash_flow = np.where(is_buy, -notional, notional) - fees
     cash = initial_cash + np.cumsum(np.bincount(idx, weights=cash_flow, minlength=n_dates))
+    if walk.bills is not None:
+        cash -= np.cumsum(walk.bills)
     del cash_flow
     cash[np.abs(cash) <= 1e-9 * initial_cash] = 0.0  # summation dust from an all-in buy
     np.multiply(value, prices.mark, out=value, where=value != 0)  # ... now in money

@@ -199,7 +199,8 @@ def simulate_config(
     finally:
         participant.close()
     progress.phase(f"recording {len(trading.dates)} sessions x {len(tickers)} tickers (vectorbt)")
-    result = simulate_orders(trading, walked.orders, costs, config.backtest.initial_cash)
+    result = simulate_orders(trading, walked.orders, costs, config.backtest.initial_cash,
+                             bills=walked.bills)
     check_agreement(walked.equity, result.equity)
     equity = result.equity
     metrics = _clean(performance_metrics(equity, result.fills, result.gross_exposure))
@@ -209,6 +210,8 @@ def simulate_config(
         tool_calls = pd.DataFrame(walked.tool_calls, columns=_TOOL_CALL_FIELDS)
         transcripts = pd.DataFrame(walked.transcripts) if walked.transcripts else None
         tools = tool_usage(decisions, tool_calls, result.fills, equity, transcripts)
+        # what the equity curve paid for the decisions (kernel "Decision bills")
+        tools["debited_from_equity_usd"] = float(walked.bills.sum())
 
     hold = get_strategy("buy-and-hold").target_weights(trading, decision_dates[:1])
     equal_weight = simulate(trading, hold, costs, config.backtest.initial_cash)
@@ -424,7 +427,10 @@ def tool_usage(
             keys = frame["tools_called"].map(lambda t: "+".join(sorted({s.split(":")[0] for s in t})) or "none")
             attribution = {k: float(v) for k, v in pd.Series(pnl, index=keys.to_numpy()).groupby(level=0).sum().items()}
     llm = llm_usage(transcripts)
-    decision_cost = total_cost + (llm["cost_usd"] if llm else 0.0)
+    # the decisions' own token cost (priced whether or not the transcript cache answered)
+    model_cost = (float(decisions["llm_cost_usd"].fillna(0.0).sum())
+                  if n_decisions and "llm_cost_usd" in decisions else 0.0)
+    decision_cost = total_cost + model_cost
     return {
         "decisions": n_decisions,
         "tool_calls": n_calls,

@@ -51,6 +51,15 @@ Costs
 Buys pay ``p * (1 + s)``, sells get ``p * (1 - s)`` (:func:`fill_price`); the fee is ``f`` of
 the slipped notional (:func:`fill_fees`); the slippage cost is ``quantity * p * s`` against the
 reference price ``p`` (:func:`slippage_cost`). Costs are always charged.
+
+Decision bills
+--------------
+What a decision cost besides trading (the tools the orchestrator called and, for the llm
+orchestrator, its own tokens) is paid in cash at the decision: at session t's close, after
+t's fills and before the orders decided at t are sized, so every figure is net of all costs
+and the orders are sized on the book that paid. A bill the cash cannot cover (a fully
+invested book) leaves the cash negative by at most that bill; the next session's sale
+proceeds pay it first, and no buy fills while the cash is not positive.
 """
 
 from __future__ import annotations
@@ -429,7 +438,9 @@ def execute(
     shares
         Positions before the session's fills.
     cash
-        Cash before the fills, >= 0.
+        Cash before the fills. Negative only when a decision's bill (its tool and model
+        costs, debited at the decision) exceeded the cash: that debt is paid from the
+        session's sale proceeds first, and no buy fills while cash is not positive.
     deltas
         Signed shares to trade per ticker (buy > 0, sell < 0); NaN or 0 means no order.
     reference_prices
@@ -448,7 +459,7 @@ def execute(
     Raises
     ------
     ValueError
-        Negative or NaN cash, an order for a ticker whose reference price is not positive,
+        Infinite or NaN cash, an order for a ticker whose reference price is not positive,
         or an infinite order or reference price where the order would fill.
     """
     shares = np.asarray(shares, dtype=np.float64)
@@ -460,8 +471,8 @@ def execute(
             f"{shares.shape}, {deltas.shape}, {reference.shape}"
         )
     cash = _snap(float(cash))
-    if not cash >= 0:
-        raise ValueError(f"cash must be a number >= 0, got {cash!r}")
+    if not np.isfinite(cash):
+        raise ValueError(f"cash must be a finite number, got {cash!r}")
     if np.any((reference <= 0) & ~np.isnan(deltas)):
         raise ValueError(
             "reference price must be a positive number where there is an order, got "

@@ -96,6 +96,21 @@ class StepResult:
     transcripts: tuple[dict, ...] = field(default_factory=tuple)
 
     @property
+    def tool_cost_usd(self) -> float:
+        """What the session's tool calls cost (USD), debited at the decision."""
+        return float(sum(d["tool_cost_usd"] for d in self.decisions))
+
+    @property
+    def llm_cost_usd(self) -> float:
+        """What the llm orchestrator's own tokens cost this session (USD), debited with it."""
+        return float(sum(d.get("llm_cost_usd") or 0.0 for d in self.decisions))
+
+    @property
+    def bill_usd(self) -> float:
+        """The session's whole decision bill: tools plus model tokens (USD)."""
+        return self.tool_cost_usd + self.llm_cost_usd
+
+    @property
     def order_targets(self) -> np.ndarray:
         """The weights to trade to: ``target_weights`` with NaN where a position is kept."""
         return np.where(self.keep, np.nan, self.target_weights)
@@ -301,7 +316,7 @@ def _transcript_row(plan, orchestrator, decision_id: int, session: pd.Timestamp)
         "corrections": plan.corrections,
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": plan.completion_tokens,
-        "cost_usd": plan.cost_usd,
+        "cost_usd": plan.paid_usd,  # paid this run; the decision's cost is decisions.llm_cost_usd
         "latency_ms": plan.latency_ms,
         "position": BUCKET_NAMES[plan.bucket] if plan.bucket is not None else None,
         "fallback": plan.fallback,

@@ -1,7 +1,7 @@
 """The transcript cache: every reply of the llm orchestrator's model, by request.
 
 A key is the model and everything sent (:func:`~quantorch.llm.orchestrator.transcript_cache_key`),
-so a rerun of the same backtest sends nothing, costs nothing and decides the same. Entries live
+so a rerun of the same backtest sends nothing, pays nothing and decides the same. Entries live
 in the store's ``tool_cache`` table (``tool = 'orchestrator'``, ``provider = 'llm:MODEL'``):
 they are read once per run and written once per session, in one short transaction, never
 across a request to the model.

@@ -16,9 +16,10 @@ the budget left), with the tools as OpenAI functions plus ``submit_decision``
 
 The sessions' conversations all run at once (bounded by the client's ``max_concurrency``), so a
 vLLM server batches them. Each request is first looked up in the transcript cache (keyed by the
-model and everything sent), so a rerun of the same backtest sends nothing, costs nothing and
+model and everything sent), so a rerun of the same backtest sends nothing, pays nothing and
 decides the same. The model's own tokens are priced with the ``llm:`` prices and counted in the
-decision's cost beside the tools'.
+decision's cost beside the tools' (cached or not, so a rerun's figures are the first run's), and
+that cost is debited from the equity at the decision.
 
 The outcome of a session is one :class:`Plan` per ticker: the slots called in order, their
 results, the bucket chosen (or the fallback), the rationale and the transcript. The kernel then
@@ -113,7 +114,11 @@ class Plan:
     cached_rounds: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0  # the model's own tokens (cached replies cost nothing)
+    #: The decision's own tokens at the configured prices: what the decision costs (debited
+    #: from the equity and in the reward), the same whether or not the cache answered.
+    cost_usd: float = 0.0
+    #: What this run paid the endpoint: the tokens of replies not served from the cache.
+    paid_usd: float = 0.0
     latency_ms: float = 0.0
     messages: list[dict[str, Any]] = field(default_factory=list)
     tool_calls_seen: int = 0  # function calls the model made (valid or not)
@@ -218,6 +223,8 @@ class LLMOrchestrator:
         if cached is not None:
             reply = ChatReply.from_json(cached)
             plan.cached_rounds += 1
+            plan.cost_usd += reply.usage.cost_usd(settings.usd_per_1m_input_tokens,
+                                                  settings.usd_per_1m_output_tokens)
         else:
             started = time.perf_counter()
             reply = await self.model.chat(messages, tools, tool_choice="auto",
@@ -225,8 +232,10 @@ class LLMOrchestrator:
                                           temperature=settings.temperature)
             if not reply.latency_ms:
                 reply = replace(reply, latency_ms=(time.perf_counter() - started) * 1000)
-            plan.cost_usd += reply.usage.cost_usd(settings.usd_per_1m_input_tokens,
-                                                  settings.usd_per_1m_output_tokens)
+            priced = reply.usage.cost_usd(settings.usd_per_1m_input_tokens,
+                                          settings.usd_per_1m_output_tokens)
+            plan.cost_usd += priced
+            plan.paid_usd += priced
             plan.latency_ms += reply.latency_ms
             if self.cache is not None:
                 self.cache.put(key, reply.to_json())

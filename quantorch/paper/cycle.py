@@ -536,7 +536,7 @@ class PaperTrader:
             mark("fills_recorded", con)
             diffs = [] if held is None else reconciliation(
                 repository.shares_held(con, self.account),
-                repository.cash_balance(con, self.account), held, cash)
+                broker_cash_expected(con, self.account, broker), held, cash)
             if diffs:
                 reason = "broker and ledger differ: " + "; ".join(diffs[:5]) + (
                     f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")
@@ -661,8 +661,10 @@ class PaperTrader:
                                      sessions=sessions)
             finally:
                 runner.close()
-        deltas = target_shares(book.shares, book.cash, step.order_targets, close, self.costs,
-                               marks=book.marks)
+        # the decisions' bill is paid at the decision, before the orders are sized (the
+        # kernel's "Decision bills": the same rule as a backtest)
+        deltas = target_shares(book.shares, book.cash - step.bill_usd, step.order_targets, close,
+                               self.costs, marks=book.marks)
         orders = orders_from_deltas(self.tickers, deltas, step.order_targets, close, session,
                                     self.account)
         after = step.book
@@ -678,6 +680,8 @@ class PaperTrader:
             if step.transcripts:
                 repository.insert_transcripts(
                     con, pd.DataFrame(step.transcripts).assign(run_id=run_id))
+            repository.insert_decision_bill(con, self.account, session, step.tool_cost_usd,
+                                            step.llm_cost_usd)
             repository.insert_order_intents(con, self.account, orders,
                                             broker=self._broker().name, run_id=run_id)
             self._update_account(
@@ -758,6 +762,14 @@ def _panel_executor(market, setup, panel, session, config):
 
     return PanelExecutor.build(market, setup.slots, list(panel.tickers),
                                pd.DatetimeIndex([session]), extra_dirs=config.tools.extra_dirs)
+
+
+def broker_cash_expected(con, account: str, broker: Broker) -> float:
+    """The cash the broker should report by the ledger: the simulator's cash is the ledger's;
+    a real broker never paid the decisions' bills (tools and model tokens are paid outside
+    it), so its cash is the ledger's before them."""
+    cash = repository.cash_balance(con, account)
+    return cash if _keeps_ledger(broker) else cash + repository.decision_costs_paid(con, account)
 
 
 def reconciliation(

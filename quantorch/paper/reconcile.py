@@ -26,6 +26,7 @@ from quantorch.paper.cycle import (
     SHARE_TOLERANCE,
     PaperTrader,
     account_run_id,
+    broker_cash_expected,
     check_account,
     reconciliation,
 )
@@ -59,8 +60,8 @@ def reconcile(trader: PaperTrader) -> ReconcileResult:
         broker_shares, broker_cash = broker.shares(), broker.cash()
         with trader.store.connect(read_only=True) as con:
             differences = [("broker", d) for d in reconciliation(
-                repository.shares_held(con, account), repository.cash_balance(con, account),
-                broker_shares, broker_cash)]
+                repository.shares_held(con, account),
+                broker_cash_expected(con, account, broker), broker_shares, broker_cash)]
             differences += _ledger_differences(con, account)
         resumed = False
         if not differences and row["halted_reason"]:

@@ -39,6 +39,8 @@ __all__ = [
     "fills_for",
     "insert_broker_fills",
     "insert_cash_entries",
+    "insert_decision_bill",
+    "decision_costs_paid",
     "insert_decisions",
     "insert_transcripts",
     "insert_equity",
@@ -921,6 +923,34 @@ def fills_for(
         sql += " AND client_order_id = ?"
         params.append(client_order_id)
     return con.execute(sql + " ORDER BY fill_session, recorded_at, broker_fill_id", params).df()
+
+
+def insert_decision_bill(
+    con: Connection, account: str, session: Session, tool_cost_usd: float, llm_cost_usd: float
+) -> int:
+    """Debit what a session's decisions cost besides trading (kernel "Decision bills"): one
+    ``tool_cost`` and one ``llm_cost`` entry (zero amounts are not written), keyed by the
+    session so a rerun of the same decision never pays twice. Returns the entries appended."""
+    day = _session(session, "session")
+    entries = [
+        {"session": day, "kind": kind, "amount": -float(amount),
+         "entry_key": f"{kind.replace('_', '-')}:{day.isoformat()}", "note": note}
+        for kind, amount, note in (
+            ("tool_cost", tool_cost_usd, "the tools the orchestrator called"),
+            ("llm_cost", llm_cost_usd, "the llm orchestrator's tokens"),
+        )
+        if amount
+    ]
+    return insert_cash_entries(con, account, entries) if entries else 0
+
+
+def decision_costs_paid(con: Connection, account: str) -> float:
+    """USD the account's decisions have cost so far (its ``tool_cost`` and ``llm_cost``
+    entries, as a positive amount): paid from the ledger's cash, never through a broker."""
+    return -float(con.execute(
+        "SELECT coalesce(sum(amount), 0) FROM cash_ledger "
+        "WHERE account = ? AND kind IN ('tool_cost', 'llm_cost')", [account],
+    ).fetchall()[0][0])
 
 
 def cash_balance(con: Connection, account: str, *, through: Session | None = None) -> float:

@@ -21,7 +21,7 @@ from quantorch.config import load_config
 from quantorch.errors import DataSourceUnavailableError
 from quantorch.paper.cycle import PaperTrader, ReconciliationError, account_run_id
 from quantorch.paper.reconcile import reconcile
-from quantorch.store import Store
+from quantorch.store import Store, repository
 
 runner = CliRunner()
 
@@ -267,6 +267,10 @@ class DriftingBroker(SimulatedBroker):
         if self.extra:
             held["AAPL"] = held.get("AAPL", 0.0) + self.extra
         return held
+
+    def cash(self):  # a real broker never paid the decisions' bills (paid outside it)
+        with self.store.connect(read_only=True) as con:
+            return super().cash() + repository.decision_costs_paid(con, self.account)
 
 
 def test_a_broker_ledger_mismatch_halts_the_account_until_reconciled(loaded_db):

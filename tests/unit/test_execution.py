@@ -265,7 +265,9 @@ def test_orders_without_a_reference_price_are_skipped_and_tiny_ones_ignored():
     with pytest.raises(ValueError, match="positive"):
         execute(np.zeros(1), 1.0, np.array([1.0]), np.array([0.0]), costs)
     with pytest.raises(ValueError, match="cash"):
-        execute(np.zeros(1), -1.0, np.array([1.0]), np.array([1.0]), costs)
+        execute(np.zeros(1), float("inf"), np.array([1.0]), np.array([1.0]), costs)
+    # a debt (a decision bill the cash could not cover) fills no buy
+    assert execute(np.zeros(1), -1.0, np.array([1.0]), np.array([1.0]), costs).filled[0] == 0
 
 
 def test_target_shares_holds_nan_targets_and_values_the_book_at_the_marks():

@@ -337,5 +337,7 @@ def test_a_rerun_is_answered_from_the_transcript_cache_at_no_cost():
     assert second_server.bodies == []
     assert (second.calls, second.bucket, second.rationale) == (first.calls, first.bucket,
                                                                first.rationale)
-    assert second.cost_usd == 0 and second.cached_rounds == second.rounds == 2
+    assert second.paid_usd == 0 and second.cached_rounds == second.rounds == 2
     assert math.isclose(first.cost_usd, (2000 * 0.1 + 100 * 0.4) / 1e6)
+    # the decision's cost is its tokens at the configured prices, cached or not
+    assert first.paid_usd == first.cost_usd == second.cost_usd
