@@ -43,6 +43,11 @@ use standalone quarters of ``net_income_q``, ``operating_cf_q``, ``capex_q``,
   income only). It assumes a constant share count; buybacks bias it upwards by the yearly
   share-count reduction.
 - data older than 550 days (latest quarter end) counts as not covered.
+
+Coverage: every output is NaN without data (``factor`` before 126 overlapping sessions of the
+stock and the ETFs; ``file`` and ``sec`` before a usable filing, or with a stale one), so a call
+has data when one output is finite (the default rule of
+:class:`~quantorch.toolkit.base.PanelTool`); a call without is not covered and not charged.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ when more or less history is loaded. The value at t depends only on the last ref
 before t and the returns between it and t, so a single call on data truncated at t fits
 exactly once (at that refit) and gives the same number as the whole-panel computation, which
 fits at every quarter end.
+
+Coverage: the tool has data for a ticker once a return-based measure exists (21 returns give
+realised and EWMA volatility); before that only the drawdown, 0 at the first bar, is finite,
+and the call is not covered (and not charged).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from quantorch.toolkit.spec import (
     ProviderSpec,
     ToolResult,
     ToolSpec,
+    any_finite,
 )
 
 __all__ = [
@@ -93,6 +98,8 @@ SPEC = ToolSpec(
                      usd_per_call=0.005, expected_latency_ms=40),
     ),
     default_provider="fast",
+    # 2: a first bar's drawdown alone is not coverage (cached answers of 1 said covered)
+    version="2",
 )
 
 
@@ -311,6 +318,12 @@ _SINGLE_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("risk_single
 
 class RiskTool(PanelTool):
     spec = SPEC
+
+    def covered(self, features, provider: ProviderSpec) -> np.ndarray:
+        """A return-based measure is finite (21 returns give the first): the drawdown alone
+        is 0 from a ticker's first bar and says nothing yet."""
+        names = [n for n in self.spec.provider_outputs(provider.name) if n != "drawdown"]
+        return any_finite(features, names)
 
     def run_batch(self, requests, data: MarketData, provider: ProviderSpec) -> list[ToolResult]:
         # The runner passes data already cut at asof; cutting again costs little and keeps a

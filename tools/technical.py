@@ -9,6 +9,11 @@ missing: close-based indicators on the bars with a close, ATR/ADX on the bars wi
 high and a low, volume indicators on the bars with a close and a volume. Which bars count is
 decided bar by bar, never from the whole series, so a bar after t can never change a value at
 t (the poisoned-future tests check this).
+
+Coverage: every indicator is NaN during its warm-up (the 10-session rate of change needs 11
+closes, RSI 15, the 20-session SMA 20), so a call has data when one indicator is finite (the
+default rule of :class:`~quantorch.toolkit.base.PanelTool`); a call with none is not covered and
+not charged.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ answers with :class:`~quantorch.toolkit.spec.ToolResult` s, the same type whiche
   the asof cut, argument checks, the timeout, the cache, real arguments and latency (paper
   trading, the LLM orchestrator, ``quantorch backtest --tool-calls live``).
 
-The two give the same features for the same (ticker, session); a test holds them to it.
+The two give the same features and the same coverage for the same (ticker, session); a test
+holds them to it. Coverage is the tool's own rule (:func:`~quantorch.toolkit.spec.covered`),
+and a call without it costs nothing (:func:`~quantorch.toolkit.spec.charged_cost`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from quantorch.data.calendar import decision_time
-from quantorch.orchestrator.dataset import ToolSlot
+from quantorch.orchestrator.dataset import ToolSlot, coverage_of
 from quantorch.orchestrator.slots import slot_panels
 from quantorch.progress import SILENT, Progress
 from quantorch.toolkit.runner import ToolRunner
-from quantorch.toolkit.spec import MarketData, ToolRequest, ToolResult
+from quantorch.toolkit.spec import MarketData, ToolRequest, ToolResult, charged_cost
 
 __all__ = ["EXECUTORS", "PanelExecutor", "RunnerExecutor", "ToolExecutor", "coverage"]
 
@@ -46,9 +48,11 @@ class ToolExecutor(Protocol):
 
 
 def coverage(result: ToolResult, features: Sequence[str]) -> bool:
-    """Whether a call had data: one of its features is a finite number (both executors, and the
-    decision dataset's ``slot_coverage``, use this one definition)."""
-    return any(np.isfinite(result.features.get(name, np.nan)) for name in features)
+    """Whether a call had data: the result says so (by its tool's own rule, which the decision
+    dataset's ``slot_coverage`` applies too) and one of the slot's features is a number."""
+    return bool(result.coverage) and any(
+        np.isfinite(result.features.get(name, np.nan)) for name in features
+    )
 
 
 class PanelExecutor:
@@ -60,9 +64,11 @@ class PanelExecutor:
         self,
         panels: Mapping[str, Mapping[str, pd.DataFrame]],
         latency_ms: Mapping[str, float] | None = None,
+        extra_dirs: Iterable[str | Path] = (),
     ) -> None:
         self.panels = {key: dict(frames) for key, frames in panels.items()}
         self.latency_ms = dict(latency_ms or {})
+        self.extra_dirs = tuple(extra_dirs)  # where a plug-in tool's coverage rule lives
 
     @classmethod
     def build(
@@ -77,7 +83,7 @@ class PanelExecutor:
     ) -> PanelExecutor:
         panels, latency = slot_panels(market, list(slots), list(tickers), pd.DatetimeIndex(dates),
                                       progress, extra_dirs)
-        return cls({slot.key: frames for slot, frames in panels}, latency)
+        return cls({slot.key: frames for slot, frames in panels}, latency, extra_dirs)
 
     def values(self, slot: ToolSlot, tickers: Sequence[str], session: pd.Timestamp) -> np.ndarray:
         """(len(tickers), len(slot.features)) raw feature values at the session's close."""
@@ -97,9 +103,10 @@ class PanelExecutor:
     def call(self, slot: ToolSlot, tickers: Sequence[str], session: pd.Timestamp) -> list[ToolResult]:
         asof = decision_time(session)
         values = self.values(slot, tickers, session)
+        has_data = coverage_of(slot, values, self.extra_dirs)
         latency = self.latency_ms.get(slot.key, 0.0)
         results = []
-        for ticker, row in zip(tickers, values, strict=True):
+        for ticker, row, covered in zip(tickers, values, has_data, strict=True):
             features = {name: float(v) for name, v in zip(slot.features, row, strict=True)}
             results.append(
                 ToolResult(
@@ -109,8 +116,8 @@ class PanelExecutor:
                     asof=asof,
                     features=features,
                     summary="",
-                    coverage=bool(np.isfinite(row).any()),
-                    cost_usd=slot.price_usd,
+                    coverage=bool(covered),
+                    cost_usd=charged_cost(slot.price_usd, bool(covered)),
                     latency_ms=latency,
                 )
             )

@@ -73,7 +73,7 @@ from quantorch.orchestrator.dataset import CONTEXT_FEATURES, DecisionDataset
 from quantorch.orchestrator.env import EnvConfig
 from quantorch.orchestrator.orchestrators import ScriptedRouter, decide
 from quantorch.orchestrator.profiles import TraderProfile
-from quantorch.toolkit.spec import ToolResult, ToolSpec
+from quantorch.toolkit.spec import ToolResult, ToolSpec, charged_cost
 
 __all__ = [
     "DecisionEpisode",
@@ -148,7 +148,7 @@ class EpisodeSetup:
         result = ToolResult(tool=spec.tool, provider=spec.provider,
                             ticker=str(self.dataset.tickers[row]), asof=_ASOF,
                             features=features, summary="", coverage=covered,
-                            cost_usd=spec.price_usd, latency_ms=0.0)
+                            cost_usd=charged_cost(spec.price_usd, covered), latency_ms=0.0)
         return tool_result_content(result, spec.features, budget_left_usd)
 
 
@@ -228,7 +228,9 @@ class DecisionEpisode:
                                    self.spent, profile.cost_budget_usd)
         except Refused as exc:
             return self._refuse(str(exc))
-        self.spent += setup.dataset.slots[slot].price_usd
+        # a tool without data for the point is free, in the budget as in the reward
+        covered = bool(setup.dataset.slot_coverage[self.row, slot])
+        self.spent += charged_cost(setup.dataset.slots[slot].price_usd, covered)
         self.plan.calls.append(slot)
         return setup.tool_result(self.row, slot, profile.cost_budget_usd - self.spent)
 

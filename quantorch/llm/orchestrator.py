@@ -56,7 +56,7 @@ from quantorch.llm.prompts import (
 )
 from quantorch.orchestrator.dataset import ToolSlot
 from quantorch.orchestrator.profiles import TraderProfile
-from quantorch.toolkit.spec import ToolResult, ToolSpec
+from quantorch.toolkit.spec import ToolResult, ToolSpec, charged_cost
 
 __all__ = [
     "LLMOrchestrator",
@@ -293,7 +293,7 @@ class LLMOrchestrator:
                     messages.append(_tool_message(call.id, error_content(str(exc))))
                     continue
                 result = call_tool(slot)
-                spent += slots[slot].price_usd
+                spent += charged_cost(slots[slot].price_usd, result.coverage)  # no data: free
                 plan.calls.append(slot)
                 plan.results.append(result)
                 withheld = bool(result.summary) and self.injection_check(result.summary)

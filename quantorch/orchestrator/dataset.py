@@ -3,15 +3,17 @@
 A :class:`DecisionDataset` holds, for N decision points (ticker, date): the free context (cheap
 price statistics known at the close of the date), the features every tool slot (tool, provider)
 would return if called (computed as whole panels, equal to single calls on truncated data, see
-the tool panel tests), and the realised forward return from the next session's fill over the
-horizon (used only by the reward, never observed).
+the tool panel tests), whether each tool had data there (by the tool's own rule,
+:func:`coverage_of`, as a single call reports it), and the realised forward return from the
+next session's fill over the horizon (used only by the reward, never observed).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ __all__ = [
     "DecisionDataset",
     "CONTEXT_FEATURES",
     "context_panels",
+    "coverage_of",
     "forward_returns",
     "build_dataset",
     "decision_points",
@@ -57,7 +60,7 @@ class DecisionDataset:
     context: np.ndarray  # (N, len(CONTEXT_FEATURES)), normalised, finite
     slots: list[ToolSlot]
     slot_features: list[np.ndarray]  # per slot (N, d_k), normalised, finite (0 where missing)
-    slot_coverage: np.ndarray  # (N, K) bool: the tool had data
+    slot_coverage: np.ndarray  # (N, K) bool: the tool had data (its own rule, see coverage_of)
     forward_return: np.ndarray  # (N,) simple return from the fill over the horizon (NaN: none)
     daily_volatility: np.ndarray  # (N,) trailing 21-session volatility at the decision
     horizon: int
@@ -139,6 +142,29 @@ def _stack(frames: Mapping[str, pd.DataFrame], names: Sequence[str], dates, tick
     return np.stack(columns, axis=1) if columns else np.zeros((len(dates), 0))
 
 
+def coverage_of(
+    slot: ToolSlot, raw: np.ndarray, extra_dirs: Iterable[str | Path] = ()
+) -> np.ndarray:
+    """(N,) whether the slot's tool had data at each point, from its raw (un-normalised)
+    features ``raw`` (N, len(slot.features)), by the tool's own rule
+    (:func:`quantorch.toolkit.spec.covered`: sentiment without news is finite and not covered).
+    A tool that cannot be found (a plug-in outside ``extra_dirs``) falls back to the default
+    rule, one feature finite.
+    """
+    from quantorch.errors import UserInputError
+    from quantorch.toolkit.registry import get_tool
+    from quantorch.toolkit.spec import any_finite, covered
+
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1, len(slot.features))
+    features = {name: raw[:, i] for i, name in enumerate(slot.features)}
+    try:
+        tool = get_tool(slot.tool, extra_dirs)
+        has_data = covered(tool, tool.spec.provider(slot.provider), features)
+    except (UserInputError, KeyError):
+        has_data = any_finite(features, slot.features)
+    return np.broadcast_to(np.asarray(has_data, dtype=bool), (len(raw),)).copy()
+
+
 def normalise(
     name: str, values: np.ndarray, stats: Mapping[str, tuple[list[float], list[float]]]
 ) -> np.ndarray:
@@ -154,11 +180,13 @@ def build_dataset(
     tickers: Sequence[str],
     horizon: int,
     normalisation: dict[str, tuple[list[float], list[float]]] | None = None,
+    extra_dirs: Iterable[str | Path] = (),
 ) -> DecisionDataset:
     """Assemble a dataset for every (decision date, ticker) with a price on that date.
 
     Pass ``normalisation=None`` to fit the z-scores on these rows (training), or the stored
-    statistics of a checkpoint to reuse them (validation, test, backtests).
+    statistics of a checkpoint to reuse them (validation, test, backtests). ``extra_dirs``
+    (config ``tools.extra_dirs``) finds a plug-in tool's own coverage rule.
     """
     fit = normalisation is None
     stats: dict[str, tuple[list[float], list[float]]] = {} if fit else dict(normalisation)
@@ -168,7 +196,7 @@ def build_dataset(
     features, coverage = [], []
     for slot, frames in slot_panels:
         raw = _stack(frames, slot.features, dates, names)
-        coverage.append(np.isfinite(raw).any(axis=1))
+        coverage.append(coverage_of(slot, raw, extra_dirs))
         features.append(_normalise(slot.key, raw, stats, fit))
     return DecisionDataset(
         tickers=names,

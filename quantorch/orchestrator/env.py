@@ -1,10 +1,11 @@
 """The decision environment: route between priced tools, then take a position.
 
 An episode is one decision point (ticker, decision date) under one trader profile. Each step
-the agent either calls a tool slot (tool, provider), paying its price and revealing its
-features, or decides: picks one of :data:`POSITION_BUCKETS` (a fraction of the profile's max
-position), which ends the episode with the reward of ``docs/reward.md`` measured over the
-horizon from the next session's fill.
+the agent either calls a tool slot (tool, provider), paying its price (nothing when the tool
+had no data for the point: :func:`~quantorch.toolkit.spec.charged_cost`) and revealing its
+features and coverage, or decides: picks one of :data:`POSITION_BUCKETS` (a fraction of the
+profile's max position), which ends the episode with the reward of ``docs/reward.md`` measured
+over the horizon from the next session's fill.
 
 Action space: ``Discrete(K + B)``: K tool slots then B position buckets. Positions are discrete
 buckets rather than a continuous value so that routing and deciding are one categorical choice
@@ -31,6 +32,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 from quantorch.orchestrator.dataset import CONTEXT_FEATURES, DecisionDataset
 from quantorch.orchestrator.profiles import TraderProfile, profile_feature_names
 from quantorch.orchestrator.reward import REWARD_SCALE, decision_reward, tool_cost_term
+from quantorch.toolkit.spec import charged_cost
 
 __all__ = [
     "POSITION_BUCKETS",
@@ -226,7 +228,10 @@ class DecisionCore:
         tool_rows = np.flatnonzero(is_tool)
         if len(tool_rows):
             slots = actions[tool_rows]
-            price = self.slot_price[slots]
+            # a call whose tool had no data is free: coverage at the decision is known then
+            # (the dataset's, or what the executor just answered through ``reveal``)
+            covered = self.dataset.slot_coverage[self.row[tool_rows], slots]
+            price = charged_cost(self.slot_price[slots], covered)
             self.called[tool_rows, slots] = True
             self.spent[tool_rows] += price
             pidx = self.profile[tool_rows]

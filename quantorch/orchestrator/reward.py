@@ -58,6 +58,9 @@ def tool_cost_term(
     """Tools' price against the trader's budget: spending the whole per-decision budget costs
     ``budget_bps`` basis points of reward (as a notional fraction, >= 0).
 
+    ``tool_cost_usd`` is what the calls were charged (:func:`quantorch.toolkit.spec.charged_cost`:
+    a call whose tool had no data costs nothing), not their list price.
+
     The economic cost of a data or LLM call on a full position is a few thousandths of a basis
     point and would make routing irrelevant; the budget is what the trader says a decision's
     analysis is worth, so cost is normalised to it (as ToolOrchestra normalises cost).

@@ -17,12 +17,20 @@ import datetime as dt
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from quantorch.toolkit.spec import MarketData, ProviderSpec, ToolRequest, ToolResult, ToolSpec
+from quantorch.toolkit.spec import (
+    MarketData,
+    ProviderSpec,
+    ToolRequest,
+    ToolResult,
+    ToolSpec,
+    any_finite,
+    charged_cost,
+)
 
 __all__ = ["PanelTool"]
 
@@ -39,6 +47,16 @@ class PanelTool(ABC):
         self, data: MarketData, provider: ProviderSpec, tickers: list[str]
     ) -> dict[str, pd.DataFrame]:
         """Feature name -> (dates x tickers) frame; row t may use only rows up to t."""
+
+    def covered(
+        self, features: Mapping[str, float | np.ndarray], provider: ProviderSpec
+    ) -> np.ndarray:
+        """Whether the tool had data, per point (see :func:`quantorch.toolkit.spec.covered`).
+
+        By default one of the provider's outputs is finite; a tool whose "no data" output is a
+        finite neutral value (a count of 0, a first bar's drawdown of 0) overrides this.
+        """
+        return any_finite(features, self.spec.provider_outputs(provider.name))
 
     def summarise(self, ticker: str, features: dict[str, float], provider: ProviderSpec) -> str:
         shown = ", ".join(f"{k} {v:+.3g}" for k, v in features.items() if math.isfinite(v))
@@ -85,6 +103,7 @@ class PanelTool(ABC):
                 values[ticker][name] = float(value) if pd.notna(value) else float("nan")
         stamp = asof if isinstance(asof, dt.datetime) else pd.Timestamp(asof).to_pydatetime()
         latency = (time.perf_counter() - started) * 1000 / len(requests)
+        has_data = {t: bool(self.covered(values[t], provider)) for t in tickers}
         return [
             ToolResult(
                 tool=self.spec.name,
@@ -93,8 +112,8 @@ class PanelTool(ABC):
                 asof=stamp,
                 features=dict(values[request.ticker]),
                 summary=self.summarise(request.ticker, values[request.ticker], provider),
-                coverage=any(math.isfinite(v) for v in values[request.ticker].values()),
-                cost_usd=provider.usd_per_call,
+                coverage=has_data[request.ticker],
+                cost_usd=charged_cost(provider.usd_per_call, has_data[request.ticker]),
                 latency_ms=latency,
             )
             for request in requests

@@ -10,7 +10,9 @@ A single call goes through :meth:`ToolRunner.run`:
 3. answer from the **cache** when the provider is deterministic (cost 0, ``cache_hit``);
 4. otherwise **run** the tool in a worker thread under a timeout; an exception, a timeout or a
    malformed result becomes a :class:`ToolResult` with ``error`` set, never an exception, so a
-   faulty tool cannot crash a backtest;
+   faulty tool cannot crash a backtest; an answer's ``coverage`` is held to the tool's own rule
+   (:func:`~quantorch.toolkit.spec.covered`) and an answer without coverage costs nothing
+   (:func:`~quantorch.toolkit.spec.charged_cost`);
 5. **record** the call in DuckDB ``tool_calls`` (batched: one short transaction per flush; the
    file is not held open between flushes).
 
@@ -62,6 +64,8 @@ from quantorch.toolkit.spec import (
     Tool,
     ToolRequest,
     ToolResult,
+    charged_cost,
+    covered,
 )
 
 __all__ = [
@@ -414,6 +418,10 @@ class ToolRunner:
                 "spec does not declare"
             )
         features = {n: _as_float(result.features.get(n, math.nan)) for n in names}
+        # coverage as the tool's own rule reads the features (what a panel's point gets), and
+        # an answered call without it is not charged; a failed one keeps the provider's bill
+        coverage = bool(result.coverage) and bool(covered(tool, checked.provider, features))
+        cost = result.cost_usd if result.error else charged_cost(result.cost_usd, coverage)
         return result.model_copy(
             update={
                 "tool": request.tool,
@@ -421,6 +429,8 @@ class ToolRunner:
                 "ticker": request.ticker,
                 "asof": request.asof,
                 "features": features,
+                "coverage": coverage,
+                "cost_usd": cost,
                 "latency_ms": latency_ms,
                 "cache_hit": False,
                 "run_id": self.run_id,

@@ -4,7 +4,9 @@ A :class:`ToolSpec` is what an orchestrator reads to choose a tool: name, an LLM
 description, JSON-schema parameters, the output fields with meaning and units, and the
 providers (variants) with their price and expected latency, like ToolOrchestra's price table.
 A :class:`ToolResult` is what one call returns: numeric features for policies, a short text
-summary for LLMs, coverage, cost and latency.
+summary for LLMs, coverage, cost and latency. :func:`charged_cost` is the one charging rule
+(a call whose tool had no data costs nothing) and :func:`covered` the one coverage rule (the
+tool's own definition of "no data"), for single calls, panels, the reward and the budget alike.
 
 Tools read only a :class:`MarketData` that the runner has already cut at the decision time, so
 a single call cannot see the future by construction; whole-panel computations (for speed) are
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,6 +36,9 @@ __all__ = [
     "ToolResult",
     "MarketData",
     "Tool",
+    "any_finite",
+    "charged_cost",
+    "covered",
 ]
 
 
@@ -179,8 +186,10 @@ class ToolResult(_Frozen):
 
     ``features`` always holds every output field of the spec; a value that could not be
     computed (no data, not covered by the source) is NaN and ``coverage`` says whether the tool
-    had data at all. A failed call has ``error`` set, NaN features, and still a cost if the
-    provider charged for it.
+    had real data for the ticker at ``asof``, by the tool's own definition (:func:`covered`:
+    sentiment with no news is neutral, finite and not covered). An answered call without
+    coverage costs nothing (:func:`charged_cost`). A failed call has ``error`` set, NaN
+    features, and still a cost if the provider charged for it.
     """
 
     tool: str
@@ -256,7 +265,9 @@ class Tool(Protocol):
 
     ``run`` computes one call on data already cut at the decision time. ``panel`` computes the
     same features for many tickers and dates at once, for backtests and training; its value at
-    (date t, ticker) must equal ``run`` on data truncated at t.
+    (date t, ticker) must equal ``run`` on data truncated at t. A tool whose "no data" output
+    is a finite neutral value also defines ``covered(features, provider) -> bool array`` (see
+    :func:`covered`), and ``run`` reports the same.
     """
 
     spec: ToolSpec
@@ -269,4 +280,43 @@ class Tool(Protocol):
     ) -> dict[str, pd.DataFrame]:
         """Feature name -> (dates x tickers) frame."""
         ...
+
+
+def charged_cost(price_usd: float | np.ndarray, coverage: bool | np.ndarray) -> float | np.ndarray:
+    """What an answered call is charged: its price when the tool had data, nothing when not.
+
+    The one charging rule: the stored tool-call rows (runner and both kernel executors), the
+    decision core's budget (``spent``) and the reward's tool-cost term all apply it. Coverage
+    at t is known at t (the tool said it had no data), so the rule sees no future. A failed
+    call (``ToolResult.error``) is not "no data": it keeps what the provider billed.
+    """
+    charged = np.where(np.asarray(coverage, dtype=bool), price_usd, 0.0)
+    return float(charged) if charged.ndim == 0 else charged
+
+
+def covered(
+    tool: Tool, provider: ProviderSpec, features: Mapping[str, float | np.ndarray]
+) -> np.ndarray:
+    """Whether ``tool`` had data, per point: ``features`` maps output names to values (scalars
+    or arrays of one shape, NaN where not computed).
+
+    The tool's own rule when it defines ``covered(features, provider)`` (sentiment: some news
+    in the window; risk: a return-based measure, not the drawdown of a first bar), else: one of
+    the provider's outputs is finite. Single calls, panels and the decision dataset use it, so
+    both tool executors agree on coverage as they agree on features.
+    """
+    rule = getattr(tool, "covered", None)
+    if callable(rule):
+        return np.asarray(rule(features, provider), dtype=bool)
+    return any_finite(features, tool.spec.provider_outputs(provider.name))
+
+
+def any_finite(
+    features: Mapping[str, float | np.ndarray], names: Sequence[str]
+) -> np.ndarray:
+    """Per point: one of the ``names`` in ``features`` is a finite number (the default rule)."""
+    values = [np.asarray(features[n], dtype=np.float64) for n in names if n in features]
+    if not values:
+        return np.asarray(False)
+    return np.logical_or.reduce([np.isfinite(v) for v in np.broadcast_arrays(*values)])
 
