@@ -359,10 +359,10 @@ def _record(
     value = np.cumsum(flow, axis=0, out=flow)  # positions in shares ...
     cash_flow = np.where(is_buy, -notional, notional) - fees
     cash = initial_cash + np.cumsum(np.bincount(idx, weights=cash_flow, minlength=n_dates))
-    if walk.bills is not None:
-        cash -= np.cumsum(walk.bills)
     del cash_flow
     cash[np.abs(cash) <= 1e-9 * initial_cash] = 0.0  # summation dust from an all-in buy
+    if walk.bills is not None:  # after the dust: a bill of a tenth of a cent is not dust
+        cash -= np.cumsum(walk.bills)
     np.multiply(value, prices.mark, out=value, where=value != 0)  # ... now in money
     value[np.isnan(value)] = 0.0
     gross_value = np.abs(value).sum(axis=1)

@@ -112,3 +112,21 @@ def test_execute_with_a_debt_fills_no_buy_until_sales_repay_it():
     assert done.cash == 0.0
     with pytest.raises(ValueError, match="finite"):
         execute(shares, float("nan"), np.array([np.nan, 1.0]), prices, costs)
+
+
+def test_a_tenth_of_a_cent_bill_on_an_all_in_book_is_not_summation_dust(panel_2020):
+    # cost-conscious budgets are $0.001 a decision: on a book whose cash ran out (a buy partly
+    # filled on an up day) the cash is -0.001, within vectorbt's dust (1e-9 of $1M); it must
+    # still be paid, not snapped to 0
+    close = panel_2020.close
+    ratios = (close / close.shift(1)).sum(axis=1)
+    up = int(np.argmax(ratios.to_numpy() > len(close.columns) * 1.01))  # a >1% up day
+    dates = panel_2020.dates
+    first = pd.DataFrame(1.0 / len(close.columns), index=dates[up - 1: up],
+                         columns=close.columns)
+    ran = simulate(panel_2020, first, COSTS, CASH)
+    assert ran.cash.iloc[up] == 0  # spent to the cent
+    bills = pd.Series(0.001, index=dates[up: up + 20])
+    paid = simulate_orders(panel_2020, _orders_of(ran), COSTS, CASH, bills=bills)
+    assert paid.cash.iloc[up] == pytest.approx(-0.001, abs=1e-12)
+    assert paid.cash.iloc[up + 19] == pytest.approx(-0.02, abs=1e-12)
