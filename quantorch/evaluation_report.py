@@ -1,7 +1,8 @@
 """The HTML page of one ``quantorch evaluate`` run.
 
 It shows, for every (orchestrator, profile): the results table (percentages, Sharpe with its
-block-bootstrap 95% interval, tool cost in USD, calls per decision), the tool-cost-vs-Sharpe
+block-bootstrap 95% interval, mean gross exposure and flat decisions, tool cost in USD, calls
+per decision), the tool-cost-vs-Sharpe
 plot (colour = profile, marker = orchestrator, bars = the bootstrap interval), the equity
 curves (one small chart per profile) and the product's targets with their figures.
 
@@ -63,6 +64,7 @@ _FIGURE_LABELS = {
     "cost_ratio": "policy cost / all-tools cost",
     "policy_cost_usd": "policy tool cost",
     "random_cost_usd": "random tool cost",
+    "matched_cost_ratio": "random / policy tool cost per decision",
     "share": "preferred tool's share of calls",
     "neutral_share": "neutral profile's share",
     "ratio": "share ratio",
@@ -183,8 +185,9 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
         return _note("No results.")
     header = [
         "orchestrator", "profile", "Sharpe [95% bootstrap]", "Sharpe over seeds (95%)",
-        "CAGR [95% bootstrap]", "max drawdown", "turnover (per year)", "tool cost (USD)",
-        "tool cost per decision (USD)", "calls per decision", "preference adherence",
+        "CAGR [95% bootstrap]", "max drawdown", "mean gross exposure", "flat decisions",
+        "turnover (per year)", "tool cost (USD)", "tool cost per decision (USD)",
+        "calls per decision", "preference adherence",
     ]  # fmt: skip
     lines = []
     previous_profile = None
@@ -202,6 +205,8 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
             over_seeds,
             _interval(row.cagr, row.cagr_ci_bootstrap, _pct),
             _pct(row.max_drawdown),
+            _num(row.exposure, 2),
+            _pct(row.flat_share, 0) if row.flat_share is not None else "n/a (no decisions)",
             f"{_num(row.turnover, 1)}\u00d7" if _finite(row.turnover) else "n/a",
             _usd(row.tool_cost_usd, 2),
             _usd(row.tool_cost_per_decision_usd, 4),
@@ -228,10 +233,14 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
                 "Sharpe and CAGR is the 95% interval of a stationary block bootstrap of the daily "
                 'returns (blocks of 21 sessions on average, 1,000 resamples); "over seeds" is '
                 "the mean \u00b1 1.96 standard errors across seeds (only the random router draws "
-                "random numbers). Tool cost is the total paid over the period (for llm, its "
-                "own tokens too); preference "
-                "adherence is the share of the profile's tool-preference weight the decisions "
-                "covered."
+                "random numbers). Mean gross exposure is the book's gross exposure averaged over "
+                "the sessions (1 = fully invested); flat decisions are the share of decisions "
+                "left at a weight of 0 after the RiskGuard (a baseline that loses by sitting in "
+                "cash shows here). Tool cost is the total paid over the period (for llm, its "
+                "own tokens too); random's call probability is matched to the policy's realised "
+                "tool cost per decision under the same profile (the ratio is under Targets, c). "
+                "Preference adherence is the share of the profile's tool-preference weight the "
+                "decisions covered."
             ),
         ]
     )
@@ -408,6 +417,6 @@ def _figure(key: str, value: object) -> str:
         return _usd(value, 2)
     if key in ("share", "neutral_share", "cost_ratio"):
         return _pct(value)
-    if key == "ratio":
+    if key in ("ratio", "matched_cost_ratio"):
         return f"{_num(value)}\u00d7"
     return _num(value)

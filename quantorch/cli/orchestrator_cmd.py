@@ -273,8 +273,17 @@ def _print_walk_forward(result) -> None:
             out.print(f"{r.orchestrator} - {baseline} ({r.profile}): Sharpe "
                       f"{num(d['difference'], '+.2f')} [{num(d['low'], '+.2f')}, "
                       f"{num(d['high'], '+.2f')}] paired 95% CI", style=style)
+    if result.targets:
+        from quantorch.walkforward import describe_target
+
+        out.print("targets on the stitched test years (docs/walkforward.md):")
+        for key, target in result.targets.items():
+            mark = "met" if target["met"] else "not met"
+            out.print(f"{mark:>7} {key}: {describe_target(key, target)}", markup=False,
+                      style="green" if target["met"] else "red")
     out.print(f"folds: {len(result.computed_folds)} computed, {len(result.reused_folds)} reused; "
               f"sweep: {result.sweep_dir}")
+    out.print(f"report: {result.report_path}")
 
 
 #: Short names in the evaluate table (the legend under it spells them out).
@@ -285,8 +294,9 @@ _SHORT = {"technical-only": "tech-only", "buy-and-hold": "B&H", "cautious-fundam
 def _print_evaluation(evaluation) -> None:
     """The evaluate table, readable at 80 columns (long names abbreviated, with a legend)."""
     table = compact_table(f"held-out {evaluation.start} to {evaluation.end}")
-    for column in ("orch.", "profile", "Sharpe [95% CI]", "CAGR", "maxDD", "turn", "tool $",
-                   "calls", "pref"):
+    table.padding = (0, 0)  # the box's one-space divider only: ten columns fit in 80
+    for column in ("orch.", "profile", "Sharpe [95% CI]", "CAGR", "maxDD", "expo", "turn",
+                   "tool $", "calls", "pref"):
         table.add_column(column, justify="left" if column in {"orch.", "profile"} else "right",
                          no_wrap=True)
     for r in evaluation.rows:
@@ -294,6 +304,7 @@ def _print_evaluation(evaluation) -> None:
         table.add_row(
             _SHORT.get(r.orchestrator, r.orchestrator), _SHORT.get(r.profile, r.profile),
             f"{r.sharpe:.2f} [{lo:.1f},{hi:.1f}]", f"{r.cagr:+.1%}", f"{r.max_drawdown:.0%}",
+            "-" if r.exposure is None else f"{r.exposure:.2f}",
             f"{r.turnover:.1f}", f"{r.tool_cost_usd:,.2f}", f"{r.calls_per_decision:.2f}",
             "-" if r.preference_adherence is None else f"{r.preference_adherence:.0%}",
         )
@@ -301,11 +312,21 @@ def _print_evaluation(evaluation) -> None:
     used = sorted({n for r in evaluation.rows for n in (r.orchestrator, r.profile) if n in _SHORT})
     legend = ", ".join(f"{_SHORT[n]} = {n}" for n in used)
     out.print(
-        "turn = turnover (x/yr); tool $ = tool cost over the period, with the llm "
-        "orchestrator's own tokens (USD); calls = tool calls "
+        "expo = mean gross exposure (1 = fully invested); turn = turnover (x/yr); tool $ = tool "
+        "cost over the period, with the llm orchestrator's own tokens (USD); calls = tool calls "
         "per decision; pref = preference adherence" + (f"; {legend}" if legend else ""),
         style="dim",
     )
+    for r in evaluation.rows:
+        if r.matched_cost_ratio is not None:
+            saturated = (r.matched_cost_ratio < 1 - 0.05
+                         and (r.matched_call_probability or 0.0) >= 0.999)
+            out.print(f"{r.orchestrator} spent {r.matched_cost_ratio:.2f}x the policy's realised "
+                      f"tool cost per decision ({r.profile})"
+                      + ("; it calls at every step and cannot spend more" if saturated else ""))
+        elif r.matched_cost_target_usd is not None:  # the policy spent nothing
+            out.print(f"{r.orchestrator} spent ${r.tool_cost_per_decision_usd:.4f} per decision; "
+                      f"the policy spent nothing ({r.profile})")
     for key, target in evaluation.targets.items():
         mark = "met" if target["met"] else "not met"
         out.print(f"target {key}: {mark} ({target['rule']})",

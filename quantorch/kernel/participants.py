@@ -141,7 +141,7 @@ class OrchestratorParticipant:
         else:
             raise UserInputError(f"unknown --tool-calls '{self.tool_calls}': use panel or live")
         prepare = getattr(setup.orchestrator, "prepare", None)
-        if prepare is not None:  # the random router matches the policy's spend on these points
+        if prepare is not None:  # the random router calibrates its spend on these points
             if "calibration" not in shared:
                 panels = shared["panels"]
                 shared["calibration"] = build_dataset(

@@ -6,11 +6,12 @@ as training uses; they differ only in which slots they may or must call (an
 
 - ``policy``: the PPO-trained router and decision head.
 - ``all-tools``: calls every tool with its dearest provider, then decides with a head trained
-  by PPO under that forced routing (so comparing it with ``policy`` isolates routing).
+  by PPO under that forced routing (so comparing it with ``policy`` isolates routing). Its
+  learner is not paid the routing's own terms (see :func:`without_routing_terms`).
 - ``free-tools``: calls nothing; decides from the free context with the policy's head.
 - ``technical-only``: calls the dearest ``technical`` provider, then the policy's head decides.
-- ``random``: routes at random at the same expected tool cost as ``policy``, then the policy's
-  head decides.
+- ``random``: routes at random at the policy's tool cost per decision, then the policy's head
+  decides (:class:`RandomRouter`, :class:`SpendTarget`).
 
 Buy-and-hold is the rule strategy ``buy-and-hold`` (equal weight, never rebalanced), not an
 orchestrator, so that one name always means one portfolio.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from quantorch.errors import UserInputError
 from quantorch.orchestrator import ORCHESTRATORS, check_orchestrator_name
@@ -35,10 +37,13 @@ __all__ = [
     "ORCHESTRATORS",
     "DecisionBatch",
     "Orchestrator",
+    "RandomRouter",
     "ScriptedRouter",
+    "SpendTarget",
+    "dearest_slots",
     "decide",
     "make_orchestrator",
-    "dearest_slots",
+    "without_routing_terms",
 ]
 
 
@@ -89,6 +94,7 @@ def decide(
     previous_position: np.ndarray,
     reveal: Reveal | None = None,
     extra_cost: np.ndarray | None = None,
+    routing_terms: bool = True,
 ) -> DecisionBatch:
     """Run ``orchestrator`` on the given decision points until every one has decided.
 
@@ -96,11 +102,15 @@ def decide(
     on precomputed panels); with it, a slot's features are fetched only when a decision calls
     it (a tool executor answers), so nothing is computed, charged or logged for a tool no one
     called. ``extra_cost`` (USD per point) is charged in the reward's tool-cost term besides the
-    slots' prices: the llm orchestrator's own tokens.
+    slots' prices: the llm orchestrator's own tokens. ``routing_terms=False`` scores the
+    decisions without the routing's own reward terms (:func:`without_routing_terms`: how a
+    forced-routing head is trained and validated); ``spent`` is the real spend either way.
     """
     n = len(rows)
     config = orchestrator.env_config(base, dataset.slots)
     core = DecisionCore(dataset, profiles, config, n=n, auto_reset=False)
+    if not routing_terms:
+        without_routing_terms(core)
     obs = core.load(rows, profile_index, previous_position)
     if extra_cost is not None:
         core.extra_cost[:] = extra_cost
@@ -129,6 +139,24 @@ def decide(
             break
     return DecisionBatch(position, core.called.copy(), core.spent.copy(), terms,
                          tuple(tuple(o) for o in order))
+
+
+def without_routing_terms(core: DecisionCore) -> DecisionCore:
+    """Leave the routing's own terms out of ``core``'s reward: the tools' cost and the tool-fit
+    part of the preference term (its turnover-style part stays). Returns ``core``.
+
+    Under forced routing (``all-tools``) both are constants of the routing, not of the decision:
+    its calls are paid whatever the head decides, and they cover every preferred tool. Left in,
+    the tool fit turns into a payment for sitting in cash, because the preference bonus is gated
+    on a non-negative outcome and a flat position's outcome is exactly 0: with every tool called,
+    a profile with preferences earns the whole bonus (50 bps x its weight) for sure by staying
+    flat, more than a position's expected edge. The observation is untouched (the profile's
+    preference weights and budget are still seen) and ``spent`` still records the real spend.
+    """
+    core.profile_prefs = np.zeros_like(core.profile_prefs)
+    core.profile_weights = {**core.profile_weights,
+                            "tool_cost": np.zeros_like(core.profile_weights["tool_cost"])}
+    return core
 
 
 @dataclass
@@ -184,13 +212,34 @@ class PolicyOrchestrator:
         return np.minimum((cumulative < draws).sum(axis=1), probs.shape[1] - 1)
 
 
+@dataclass(frozen=True)
+class SpendTarget:
+    """What the random router's spend is matched to: the policy's realised tool cost per
+    decision in the same backtest (same profile, same period), and the points it decided with
+    the positions it held there (fractions of the profile's max position), where known.
+
+    :func:`quantorch.evaluation.simulate_matched_random` builds one from the policy's run.
+    """
+
+    cost_per_decision_usd: float
+    dates: np.ndarray | None = None  # (n,) decision dates of the policy's decisions
+    tickers: np.ndarray | None = None  # (n,)
+    previous_position: np.ndarray | None = None  # (n,) in [-1, 1]
+
+
 @dataclass
 class RandomRouter:
-    """Random routing at a target expected cost, then the policy's decision head.
+    """Random routing at a target cost per decision, then the policy's decision head.
 
     Each step, with probability ``call_probability`` a uniformly random allowed slot is called,
-    else the policy head decides with the tools it has. :func:`calibrate_random_router` sets the
-    probability so the expected spend per decision matches a target (e.g. the policy's).
+    else the policy head decides with the tools it has. :meth:`prepare` bisects the probability
+    (:func:`calibrate_random_router`) so the expected spend per decision matches ``target``:
+    the policy's realised spend in the same backtest (``quantorch evaluate``, the walk-forward),
+    calibrated on the points the policy decided with the positions it held. Without a target
+    (a lone ``quantorch backtest --orchestrator random``) it matches what the policy would spend
+    on the same points from a flat book, which overstates a policy that calls less once it
+    holds a position. ``calibrated`` keeps a probability set by the caller (a correction after
+    a realised run) as it is.
     """
 
     checkpoint: PolicyCheckpoint
@@ -198,6 +247,8 @@ class RandomRouter:
     rng: np.random.Generator
     name: str = "random"
     target_cost_usd: float | None = None
+    target: SpendTarget | None = None
+    calibrated: bool = False
 
     def env_config(self, base: EnvConfig, slots: Sequence[ToolSlot]) -> EnvConfig:
         return replace(base, allowed_slots=None, forced_routing=None)
@@ -209,16 +260,39 @@ class RandomRouter:
         base: EnvConfig,
         max_rows: int = 2000,
     ) -> None:
-        """Match the policy's mean tool spend per decision on these decision points."""
-        rows = np.arange(len(dataset))
+        """Set the call probability so the mean spend per decision on these decision points
+        (the backtest's, under ``profiles[0]``) matches the target."""
+        if self.calibrated:
+            return
+        rows, previous = self._calibration_points(dataset)
         if len(rows) > max_rows:
-            rows = np.sort(np.random.default_rng(0).choice(rows, max_rows, replace=False))
+            keep = np.sort(np.random.default_rng(0).choice(len(rows), max_rows, replace=False))
+            rows, previous = rows[keep], previous[keep]
         profile_index = np.zeros(len(rows), dtype=np.int64)
-        previous = np.zeros(len(rows))
         args = (dataset, profiles, base, rows, profile_index, previous)
-        target = decide(PolicyOrchestrator(self.checkpoint), *args).spent.mean()
+        if self.target is not None:
+            target = self.target.cost_per_decision_usd
+        else:
+            target = decide(PolicyOrchestrator(self.checkpoint), *args).spent.mean()
         self.target_cost_usd = float(target)
         calibrate_random_router(self, target, *args)
+        self.calibrated = True
+
+    def _calibration_points(self, dataset: DecisionDataset) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``dataset`` and the positions held there: the policy's decisions where the
+        target names them, else every row from a flat book."""
+        target = self.target
+        if target is None or target.dates is None or not len(target.dates):
+            return np.arange(len(dataset)), np.zeros(len(dataset))
+        index = {(pd.Timestamp(d), str(t)): i
+                 for i, (d, t) in enumerate(zip(dataset.dates, dataset.tickers, strict=True))}
+        found = [(index.get((pd.Timestamp(d), str(t))), p) for d, t, p in
+                 zip(target.dates, target.tickers, target.previous_position, strict=True)]
+        found = [(row, p) for row, p in found if row is not None]
+        if not found:
+            return np.arange(len(dataset)), np.zeros(len(dataset))
+        rows, previous = zip(*found, strict=True)
+        return np.asarray(rows, dtype=np.int64), np.asarray(previous, dtype=np.float64)
 
     def choose(self, obs: np.ndarray, masks: np.ndarray, core: DecisionCore) -> np.ndarray:
         head = self.checkpoint.predict(obs, _decide_actions(core, masks), deterministic=True)

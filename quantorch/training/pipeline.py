@@ -50,7 +50,16 @@ def train_from_config(
     say: Callable[[str], None] = lambda _m: None,
     on_progress: Callable[[int, int, dict | None], None] | None = None,
 ) -> TrainOutcome:
-    """Train the routing policy (or, with ``all_tools``, the forced-routing decision head)."""
+    """Train the routing policy (or, with ``all_tools``, the forced-routing decision head).
+
+    Both get the same ``settings`` (steps, rollouts, validation every ``eval_every`` steps,
+    ``patience``), data, profiles and seed. The all-tools head calls every tool's dearest
+    provider whatever the profile's budget (the budget masks calls a policy chooses; this
+    baseline chooses none) and learns on
+    :class:`~quantorch.training.ppo.ForcedRoutingEnv`: every learner step is a decision and
+    its reward leaves out the routing's own terms, so it is neither charged a sunk cost nor
+    paid to sit in cash for a tool fit it cannot change (docs/reward.md, "The all-tools head").
+    """
     periods = config.training
     settings = settings or PPOSettings(steps=periods.steps)
     slots = resolve_slots(config.orchestrator.tools, config.tools.extra_dirs)

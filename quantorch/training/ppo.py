@@ -5,6 +5,14 @@ environment (:mod:`quantorch.orchestrator.env`) and the policy network stay apar
 gives the clipped objective, GAE, a value head, the entropy bonus, minibatch epochs, gradient
 clipping and action masking; the environment is vectorised in numpy, so one ``step`` advances
 ``n_envs`` episodes at once.
+
+A forced-routing head (the ``all-tools`` baseline) is trained on :class:`ForcedRoutingEnv`:
+the forced calls are made at each reset, so every learner step is a decision (the same number
+of learner actions, rollouts, updates and validations as the policy for the same settings,
+none spent on actions it cannot choose), and its reward leaves out the routing's own terms
+(:func:`~quantorch.orchestrator.orchestrators.without_routing_terms`), in training and in the
+validation that keeps the best weights and stops early. See docs/reward.md, "The all-tools
+head".
 """
 
 from __future__ import annotations
@@ -22,11 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantorch.orchestrator.dataset import DecisionDataset
 from quantorch.orchestrator.env import BatchedDecisionEnv, EnvConfig, observation_names
-from quantorch.orchestrator.orchestrators import PolicyOrchestrator, decide
+from quantorch.orchestrator.orchestrators import (
+    PolicyOrchestrator,
+    decide,
+    without_routing_terms,
+)
 from quantorch.orchestrator.policy import PolicyCheckpoint
 from quantorch.orchestrator.profiles import TraderProfile
 
-__all__ = ["PPOSettings", "TrainResult", "train_policy", "validation_score"]
+__all__ = ["ForcedRoutingEnv", "PPOSettings", "TrainResult", "train_policy", "validation_score"]
 
 
 class PPOSettings(BaseModel):
@@ -71,7 +83,11 @@ def validation_score(
     max_rows: int = 20_000,
     forced: tuple[int, ...] | None = None,
 ) -> dict[str, float]:
-    """Mean decision reward of the deterministic policy on held-out points, every profile."""
+    """Mean decision reward of the deterministic policy on held-out points, every profile.
+
+    With ``forced`` routing the reward is the one its head is trained on: without the routing's
+    own terms (:func:`~quantorch.orchestrator.orchestrators.without_routing_terms`).
+    """
     rng = np.random.default_rng(seed)
     rows = np.arange(len(dataset))
     if len(rows) > max_rows:
@@ -81,7 +97,8 @@ def validation_score(
     for p in range(len(profiles)):
         previous = np.zeros(len(rows))
         batch = decide(
-            orchestrator, dataset, profiles, env_config, rows, np.full(len(rows), p), previous
+            orchestrator, dataset, profiles, env_config, rows, np.full(len(rows), p), previous,
+            routing_terms=forced is None,
         )
         totals.append(batch.terms["total"].mean())
         calls.append(batch.called.sum(axis=1).mean())
@@ -91,6 +108,53 @@ def validation_score(
         "calls": float(np.mean(calls)),
         "cost_usd": float(np.mean(costs)),
     }
+
+
+class ForcedRoutingEnv(BatchedDecisionEnv):
+    """The learner's environment under forced routing (``EnvConfig.forced_routing``).
+
+    The forced calls are made here at every reset, so the learner only ever decides: each step
+    is one decision, every episode ends on it, and no step of the budget goes to an action with
+    a single choice. Its reward leaves out the routing's terms, which are constants of the forced
+    routing (:func:`~quantorch.orchestrator.orchestrators.without_routing_terms`): the forced
+    calls' cost, up to 600 bps a decision under a small budget, and a tool fit that the gated
+    preference bonus would pay out for sure to a flat position.
+    """
+
+    def __init__(
+        self,
+        dataset: DecisionDataset,
+        profiles: Sequence[TraderProfile],
+        config: EnvConfig,
+        n_envs: int = 256,
+        seed: int = 0,
+    ) -> None:
+        if not config.forced_routing:
+            raise ValueError("ForcedRoutingEnv needs EnvConfig.forced_routing")
+        super().__init__(dataset, profiles, config, n_envs=n_envs, seed=seed)
+        self.core.auto_reset = False
+        without_routing_terms(self.core)
+
+    def _new_episodes(self) -> np.ndarray:
+        core = self.core
+        core.reset()
+        for slot in core.config.forced_routing:
+            core.step(np.full(core.n, slot))
+        return core.observe()
+
+    def reset(self):
+        return self._new_episodes()
+
+    def step_wait(self):
+        obs, rewards, done, info = self.core.step(self._actions)
+        if not done.all():  # only deciding is allowed once the forced calls are made
+            raise AssertionError("a forced-routing episode did not end on the learner's step")
+        infos = [
+            {"terminal_observation": obs[i], "episode": {"r": float(r), "l": 1},
+             "TimeLimit.truncated": False}
+            for i, r in zip(info["done_rows"], info["terms"]["total"], strict=True)
+        ]
+        return self._new_episodes(), rewards.astype(np.float32), done, infos
 
 
 def train_policy(
@@ -111,7 +175,9 @@ def train_policy(
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    env = BatchedDecisionEnv(train, profiles, env_config, n_envs=settings.n_envs, seed=seed)
+    forced = env_config.forced_routing
+    learner_env = ForcedRoutingEnv if forced else BatchedDecisionEnv
+    env = learner_env(train, profiles, env_config, n_envs=settings.n_envs, seed=seed)
     model = MaskablePPO(
         "MlpPolicy",
         env,
@@ -143,7 +209,6 @@ def train_policy(
     state = {"best": -np.inf, "best_step": 0, "since": 0, "best_weights": None, "next_eval": 0}
     curve: list[dict[str, float]] = []
     started = time.perf_counter()
-    forced = env_config.forced_routing
 
     def evaluate(step: int, train_reward: float) -> bool:
         model.policy.set_training_mode(False)
@@ -205,6 +270,9 @@ def train_policy(
         stopped_early=stopped_early,
         train_seconds=round(time.perf_counter() - started, 1),
         ppo=settings.model_dump(),
+        # what a learner step is and what it is paid (see ForcedRoutingEnv)
+        learner_steps="decisions" if forced else "tool calls and decisions",
+        learning_reward="without the routing's terms" if forced else "full",
     )
     return TrainResult(
         checkpoint=checkpoint,
