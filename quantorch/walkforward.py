@@ -6,7 +6,8 @@ is evaluated) is trained on the years ``Y - train_years - 1 .. Y - 2`` (or from
 orchestrator x profile (and buy-and-hold) is backtested on ``Y`` with those checkpoints. The
 test years' daily returns are stitched into one out-of-sample series per orchestrator and
 profile, on which the Sharpe differences (paired stationary bootstrap) and the Deflated Sharpe
-Ratio are computed (:mod:`quantorch.backtest.metrics`).
+Ratio are computed (:mod:`quantorch.backtest.metrics`), the product's targets checked
+(:func:`walk_forward_targets`) and the HTML report written (:mod:`quantorch.walkforward_report`).
 
 Folds are independent jobs behind a :class:`concurrent.futures.Executor` (local processes,
 inline, or a Dask cluster). A fold works on its own copy of the database (DuckDB allows one
@@ -25,6 +26,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ import pandas as pd
 from quantorch.backtest import metrics
 from quantorch.config import ORCHESTRATOR, QuantorchConfig
 from quantorch.errors import UserInputError
-from quantorch.orchestrator.profiles import TraderProfile
+from quantorch.orchestrator.profiles import TraderProfile, list_profiles
 from quantorch.progress import SILENT, Progress
 from quantorch.store import Store
 
@@ -44,16 +46,18 @@ __all__ = [
     "Fold",
     "WalkForward",
     "WalkForwardRow",
+    "describe_target",
     "fold_layout",
     "make_executor",
     "run_fold",
     "walk_forward",
+    "walk_forward_targets",
 ]
 
 #: The baselines each orchestrator's stitched Sharpe is compared with (those evaluated).
 COMPARED_AGAINST = ("buy-and-hold", "all-tools", "free-tools", "random")
 _RULES = ("buy-and-hold",)
-_FORMAT = 1  # bump when a fold file's content changes meaning
+_FORMAT = 2  # bump when a fold file's content changes meaning (2: tool_calls_per_decision)
 
 
 @dataclass(frozen=True)
@@ -116,12 +120,15 @@ def run_fold(request: dict) -> dict:
     ``db_path``, ``fold`` (:meth:`Fold.to_json`), ``orchestrators``, ``profiles`` (profile
     JSON), ``settings`` (PPO settings), ``checkpoint_dir`` and ``threads`` (torch threads).
     The database is copied into a private temporary folder first, so concurrent folds never
-    share a DuckDB writer.
+    share a DuckDB writer. ``random`` is matched to the policy's realised tool cost per decision
+    in the test year (:func:`quantorch.evaluation.simulate_matched_random`, as in ``quantorch
+    evaluate``); its run carries the realised ratio as ``matched_cost_ratio``.
     """
     import torch
 
     torch.set_num_threads(int(request.get("threads", 1)))
     from quantorch.backtest.runner import simulate_config
+    from quantorch.evaluation import simulate_matched_random
     from quantorch.kernel.factory import build_participant, load_policies
     from quantorch.training.pipeline import train_from_config
     from quantorch.training.ppo import PPOSettings
@@ -165,17 +172,35 @@ def run_fold(request: dict) -> dict:
         policies = load_policies(cfg, "all-tools" in orchestrators) if learned else None
         cache: dict = {}
         runs = []
+
+        def backtest(name: str, profile: TraderProfile):
+            if name in _RULES:
+                run_cfg = cfg.with_overrides({"backtest.strategy": name})
+            else:
+                run_cfg = cfg.with_overrides({"backtest.strategy": ORCHESTRATOR,
+                                              "orchestrator.name": name})
+            participant = build_participant(run_cfg, store, seed=config.seed,
+                                            policies=policies, cache=cache, profile=profile)
+            return simulate_config(run_cfg, store, participant=participant)
+
         for profile in profiles:
-            for name in orchestrators:
-                if name in _RULES:
-                    run_cfg = cfg.with_overrides({"backtest.strategy": name})
+            policy_run = None  # the policy's test-year run: its row and random's cost target
+            for name in sorted(orchestrators, key=lambda n: n != "policy"):
+                matched = None
+                if name == "random":
+                    # random spends what the policy spent in this test year (run for it if
+                    # the policy is not evaluated), as in `quantorch evaluate`
+                    policy_run = policy_run or backtest("policy", profile)
+                    sim, matched = simulate_matched_random(cfg, store, policy_run, profile,
+                                                           seed=config.seed, policies=policies,
+                                                           cache=cache)
                 else:
-                    run_cfg = cfg.with_overrides({"backtest.strategy": ORCHESTRATOR,
-                                                  "orchestrator.name": name})
-                participant = build_participant(run_cfg, store, seed=config.seed,
-                                                policies=policies, cache=cache, profile=profile)
-                sim = simulate_config(run_cfg, store, participant=participant)
-                runs.append(_run_summary(name, profile.name, sim, cfg.backtest.initial_cash))
+                    sim = backtest(name, profile)
+                    policy_run = sim if name == "policy" else policy_run
+                summary = _run_summary(name, profile.name, sim, cfg.backtest.initial_cash)
+                if matched is not None:
+                    summary["matched_cost_ratio"] = matched.ratio
+                runs.append(summary)
     return {
         "format": _FORMAT,
         "fold": fold.to_json(),
@@ -212,7 +237,18 @@ def _run_summary(name: str, profile: str, sim, initial_cash: float) -> dict:
         "tool_cost_usd": float(tools.get("decision_cost_usd", tools.get("tool_cost_usd", 0.0))
                                or 0.0),
         "calls_per_decision": float(tools.get("calls_per_decision", 0.0) or 0.0),
+        "tool_calls_per_decision": _tool_calls_per_decision(sim.decisions),
     }
+
+
+def _tool_calls_per_decision(decisions: pd.DataFrame | None) -> dict[str, float]:
+    """Per tool, the share of decisions that called it at least once ("technical:talib" is
+    the tool "technical")."""
+    if decisions is None or not len(decisions):
+        return {}
+    called = Counter(tool for calls in decisions["tools_called"]
+                     for tool in {c.split(":")[0] for c in calls})
+    return {tool: n / len(decisions) for tool, n in sorted(called.items())}
 
 
 # --------------------------------------------------------------------------- executors
@@ -271,6 +307,12 @@ class WalkForwardRow:
     #: test year -> that fold's Sharpe (the figure's provenance)
     per_fold_sharpe: dict[int, float]
     deflated_sharpe: float
+    #: tool -> share of decisions that called it at least once (all folds' decisions)
+    tool_calls_per_decision: dict[str, float] = field(default_factory=dict)
+    #: test year -> that fold's Sharpe 95% interval (stationary block bootstrap of its year)
+    per_fold_sharpe_ci: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: test year -> that fold's tool cost per decision (USD)
+    per_fold_tool_cost_per_decision_usd: dict[int, float] = field(default_factory=dict)
     #: baseline name -> sharpe_difference (this row minus the baseline) with its interval
     versus: dict[str, dict] = field(default_factory=dict)
     returns: pd.Series | None = field(default=None, repr=False)
@@ -294,10 +336,20 @@ class WalkForward:
     reused_folds: list[int]
     fold_seconds: dict[int, float]
     trained: dict[int, dict]
+    #: :func:`walk_forward_targets` of the rows
+    targets: dict = field(default_factory=dict)
+    #: the HTML report (:mod:`quantorch.walkforward_report`), once written
+    report_path: Path | None = None
+
+    @property
+    def sweep_id(self) -> str:
+        """``wf-<key>``: the sweep folder's name."""
+        return self.sweep_dir.name
 
     def to_json(self) -> dict:
         return _clean({
             "sweep_dir": str(self.sweep_dir),
+            "report_path": self.report_path,
             "folds": [f.to_json() for f in self.folds],
             "trials": self.trials,
             "computed_folds": self.computed_folds,
@@ -305,8 +357,8 @@ class WalkForward:
             "fold_seconds": self.fold_seconds,
             "trained": self.trained,
             "results": [r.to_json() for r in self.rows],
-            "not_done": "targets (issue 13 item 6) and the baseline fixes (item 5) are not "
-                        "checked here",
+            "targets": self.targets,
+            "not_done": "refit schedules other than yearly; a Ray executor",
         })
 
 
@@ -461,14 +513,23 @@ def walk_forward(
     finally:
         if owned is not None:
             owned.shutdown(cancel_futures=True)
+    progress.phase("walk-forward: stitching the test years")
     rows = _stitch([results[f.test_year] for f in folds], orchestrators, profiles, config.seed)
-    return WalkForward(
+    result = WalkForward(
         sweep_dir=sweep, folds=folds, rows=rows, trials=len(rows),
         computed_folds=sorted(int(r["fold"]["test_year"]) for r in requests),
         reused_folds=sorted(set(results) - {int(r["fold"]["test_year"]) for r in requests}),
         fold_seconds={y: float(r.get("seconds", 0.0)) for y, r in sorted(results.items())},
         trained={y: r.get("trained", {}) for y, r in sorted(results.items())},
+        targets=walk_forward_targets(
+            rows, profiles, tools=sorted({t.split(":")[0] for t in config.orchestrator.tools}),
+            shipped=list_profiles()),
     )
+    progress.phase("walk-forward: writing the report")
+    from quantorch.walkforward_report import write_walkforward_report
+
+    result.report_path = write_walkforward_report(result, Path(config.reports_dir))
+    return result
 
 
 def _stitch(fold_results: list[dict], orchestrators: Sequence[str],
@@ -481,6 +542,7 @@ def _stitch(fold_results: list[dict], orchestrators: Sequence[str],
     for profile in profiles:
         for name in orchestrators:
             parts, per_fold, decisions, cost, calls, exposure = [], {}, 0, 0.0, 0.0, 0.0
+            per_fold_ci, per_fold_cost, tool_calls = {}, {}, Counter()
             for result in fold_results:
                 run = next(r for r in result["runs"]
                            if r["orchestrator"] == name and r["profile"] == profile.name)
@@ -488,10 +550,17 @@ def _stitch(fold_results: list[dict], orchestrators: Sequence[str],
                 parts.append(series)
                 year = int(result["fold"]["test_year"])
                 per_fold[year] = float(metrics.sharpe_ratio(series.to_numpy(), 252))
+                per_fold_ci[year] = metrics.stationary_block_bootstrap(
+                    series.to_numpy(), lambda r: metrics.sharpe_ratio(r, 252, noise_floor=0.0),
+                    seed=seed)
+                per_fold_cost[year] = (run["tool_cost_usd"] / run["decisions"]
+                                       if run["decisions"] else 0.0)
                 decisions += run["decisions"]
                 cost += run["tool_cost_usd"]
                 calls += run["calls_per_decision"] * run["decisions"]
                 exposure += run["exposure"] * len(series)
+                for tool, rate in run["tool_calls_per_decision"].items():
+                    tool_calls[tool] += rate * run["decisions"]
             returns = pd.concat(parts)
             if not returns.index.is_monotonic_increasing or returns.index.has_duplicates:
                 raise AssertionError(f"{name}/{profile.name}: test years overlap when stitched")
@@ -508,7 +577,11 @@ def _stitch(fold_results: list[dict], orchestrators: Sequence[str],
                 decisions=decisions, tool_cost_usd=cost,
                 tool_cost_per_decision_usd=cost / decisions if decisions else 0.0,
                 calls_per_decision=calls / decisions if decisions else 0.0,
-                per_fold_sharpe=per_fold, deflated_sharpe=math.nan, returns=returns,
+                per_fold_sharpe=per_fold, deflated_sharpe=math.nan,
+                tool_calls_per_decision={t: n / decisions for t, n in sorted(tool_calls.items())}
+                if decisions else {},
+                per_fold_sharpe_ci=per_fold_ci, per_fold_tool_cost_per_decision_usd=per_fold_cost,
+                returns=returns,
             ))
     # Deflated Sharpe: every (orchestrator, profile) row is one trial of the selection
     per_period = np.array([r.sharpe / math.sqrt(252) for r in rows])
@@ -537,3 +610,199 @@ def _stitch(fold_results: list[dict], orchestrators: Sequence[str],
                                     "high": diff.high, "significant": diff.significant,
                                     "sessions": diff.sessions}
     return rows
+
+
+# --------------------------------------------------------------------------- targets
+
+#: (a): the policy's tool cost per decision at most this share of all-tools'
+_COST_SHARE = 0.20
+#: (b): a preferring profile lifts the tool's calls per decision to 3x neutral's rate, or to
+#: 90% of decisions when neutral already calls it in more than 30% of them ...
+_PREFERENCE_LIFT, _PREFERENCE_FLOOR, _PREFERENCE_BUSY = 3.0, 0.90, 0.30
+#: ... at a Sharpe within 10% of neutral's
+_SHARPE_TOLERANCE = 0.10
+_NEUTRAL = "neutral"
+
+
+def walk_forward_targets(
+    rows: Sequence[WalkForwardRow],
+    profiles: Sequence[TraderProfile],
+    *,
+    tools: Sequence[str] | None = None,
+    shipped: Sequence[str] | None = None,
+) -> dict:
+    """The product's targets (issue 13 item 6) on the stitched walk-forward rows.
+
+    Each key maps to ``{"rule": ..., figures..., "met": bool}``: ``a:<profile>`` (the policy's
+    Sharpe at least all-tools' at <= 20% of its tool cost per decision) and ``a`` (that,
+    under every profile of ``shipped``); ``b:<tool>`` (a profile that prefers the tool lifts
+    the policy's calls of it per decision to >= 3x neutral's rate, or to >= 90% where neutral
+    already calls it in more than 30% of decisions, at a Sharpe within 10% of neutral's);
+    ``c:<profile>`` (policy beats random: the paired 95% interval of the Sharpe difference is
+    above zero), ``d:<profile>`` (the policy's Sharpe above buy-and-hold's) and
+    ``e:<profile>`` (policy beats free-tools, paired interval above zero). A check whose rows
+    were not evaluated is left out.
+
+    Parameters
+    ----------
+    rows
+        The stitched rows (:func:`walk_forward`); only ``versus``, ``sharpe``,
+        ``tool_cost_per_decision_usd`` and ``tool_calls_per_decision`` are read.
+    profiles
+        The profiles evaluated (their ``tool_preferences`` say which tool each prefers).
+    tools
+        The tools checked by (b) (default: every tool a row called or a profile prefers).
+    shipped
+        Profile names (a) must hold under (default: ``profiles``); one not evaluated fails it.
+    """
+    by = {(r.orchestrator, r.profile): r for r in rows}
+    names = [p.name for p in profiles]
+    out: dict = {}
+    for profile in names:
+        policy, all_tools = by.get(("policy", profile)), by.get(("all-tools", profile))
+        if policy is None or all_tools is None:
+            continue
+        ratio = _ratio(policy.tool_cost_per_decision_usd, all_tools.tool_cost_per_decision_usd)
+        out[f"a:{profile}"] = {
+            "rule": f"policy Sharpe >= all-tools Sharpe at <= {_COST_SHARE:.0%} of its tool "
+                    "cost per decision",
+            "policy_sharpe": policy.sharpe, "all_tools_sharpe": all_tools.sharpe,
+            "policy_cost_per_decision_usd": policy.tool_cost_per_decision_usd,
+            "all_tools_cost_per_decision_usd": all_tools.tool_cost_per_decision_usd,
+            "cost_ratio": ratio,
+            "met": bool(policy.sharpe >= all_tools.sharpe and ratio is not None
+                        and _at_most(ratio, _COST_SHARE)),
+        }
+    checked = [p for p in names if f"a:{p}" in out]
+    if checked:
+        required = list(dict.fromkeys([*(shipped if shipped is not None else names)]))
+        met = [p for p in required if out.get(f"a:{p}", {}).get("met")]
+        out["a"] = {
+            "rule": "target a under every shipped profile",
+            "profiles_met": met,
+            "profiles_not_met": [p for p in required if p in checked and p not in met],
+            "profiles_missing": [p for p in required if p not in checked],
+            "met": bool(required) and len(met) == len(required),
+        }
+    if any(r.orchestrator == "policy" for r in rows):
+        if tools is None:
+            tools = sorted({t for r in rows for t in r.tool_calls_per_decision}
+                           | {t for p in profiles for t in p.tool_preferences})
+        for tool in tools:
+            out[f"b:{tool}"] = _preference_target(tool, by, profiles)
+    for letter, baseline, paired in (("c", "random", True), ("d", "buy-and-hold", False),
+                                     ("e", "free-tools", True)):
+        for profile in names:
+            policy, other = by.get(("policy", profile)), by.get((baseline, profile))
+            if policy is None or other is None:
+                continue
+            versus = policy.versus.get(baseline, {})
+            low = versus.get("low")
+            entry = {
+                "rule": (f"policy beats {baseline}: paired 95% interval of the Sharpe "
+                         "difference above zero" if paired else
+                         f"policy Sharpe > {baseline} Sharpe (equal weight, net of costs)"),
+                "policy_sharpe": policy.sharpe,
+                f"{baseline.replace('-', '_')}_sharpe": other.sharpe,
+                "difference": versus.get("difference"), "low": low, "high": versus.get("high"),
+            }
+            if baseline == "random":
+                entry["cost_ratio"] = _ratio(other.tool_cost_per_decision_usd,
+                                             policy.tool_cost_per_decision_usd)
+            entry["met"] = bool(low is not None and low > 0) if paired else bool(
+                policy.sharpe > other.sharpe)
+            out[f"{letter}:{profile}"] = entry
+    return _clean(out)
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+# a figure on a threshold meets it: rounding (3 x 0.1 = 0.30000000000000004) must not decide
+def _at_most(value: float, bound: float) -> bool:
+    return value <= bound or math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _at_least(value: float, bound: float) -> bool:
+    return value >= bound or math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _preference_target(tool: str, by: dict, profiles: Sequence[TraderProfile]) -> dict:
+    rule = (f"a profile preferring the tool lifts the share of the policy's decisions calling "
+            f"it to >= {_PREFERENCE_LIFT:g}x neutral's (>= {_PREFERENCE_FLOOR:.0%} where "
+            f"neutral's is > {_PREFERENCE_BUSY:.0%}), at a Sharpe within "
+            f"{_SHARPE_TOLERANCE:.0%} of neutral's")
+    preferring = [p.name for p in profiles
+                  if p.name != _NEUTRAL and p.tool_preferences.get(tool, 0.0) > 0]
+    neutral = by.get(("policy", _NEUTRAL))
+    if not preferring:
+        return {"rule": rule, "note": "no profile prefers it", "met": False}
+    if neutral is None:
+        return {"rule": rule, "note": "needs the policy under the neutral profile",
+                "met": False}
+    base = neutral.tool_calls_per_decision.get(tool, 0.0)
+    # 3x neutral's rate, capped at 90% (continuous: 3 x 30% = 90%), and never below neutral's
+    required = min(_PREFERENCE_LIFT * base, max(_PREFERENCE_FLOOR, base))
+    candidates = {}
+    for name in preferring:
+        row = by.get(("policy", name))
+        if row is None:
+            continue
+        rate = row.tool_calls_per_decision.get(tool, 0.0)
+        gap = (abs(row.sharpe - neutral.sharpe) / abs(neutral.sharpe)
+               if math.isfinite(neutral.sharpe) and neutral.sharpe else None)
+        candidates[name] = {
+            "calls_per_decision": rate, "neutral_calls_per_decision": base,
+            "required_calls_per_decision": required,
+            "sharpe": row.sharpe, "neutral_sharpe": neutral.sharpe, "sharpe_gap": gap,
+            "met": bool(rate > 0 and _at_least(rate, required) and gap is not None
+                        and _at_most(gap, _SHARPE_TOLERANCE)),
+        }
+    if not candidates:
+        return {"rule": rule, "note": f"{', '.join(preferring)} not evaluated", "met": False}
+    # show the profile that meets it, else the one that calls the tool most
+    shown = max(candidates, key=lambda n: (candidates[n]["met"],
+                                           candidates[n]["calls_per_decision"]))
+    return {"rule": rule, "profile": shown,
+            **{k: v for k, v in candidates[shown].items() if k != "met"},
+            "by_profile": candidates, "met": candidates[shown]["met"]}
+
+
+def describe_target(key: str, target: dict) -> str:
+    """One line with a :func:`walk_forward_targets` entry's figures (the CLI and the report)."""
+
+    def f(value, spec: str = ".2f") -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    t = target
+    if "note" in t:
+        return t["note"]
+    letter = key.partition(":")[0]
+    if key == "a":
+        parts = [f"met under {', '.join(t['profiles_met']) or 'none'}"]
+        if t["profiles_not_met"]:
+            parts.append(f"not met under {', '.join(t['profiles_not_met'])}")
+        if t["profiles_missing"]:
+            parts.append(f"not evaluated: {', '.join(t['profiles_missing'])}")
+        return "; ".join(parts)
+    if letter == "a":
+        return (f"policy Sharpe {f(t['policy_sharpe'])} vs all-tools "
+                f"{f(t['all_tools_sharpe'])}; cost per decision "
+                f"${f(t['policy_cost_per_decision_usd'], '.4f')} vs "
+                f"${f(t['all_tools_cost_per_decision_usd'], '.4f')} = "
+                f"{f(t['cost_ratio'], '.0%')} of it (<= {_COST_SHARE:.0%})")
+    if letter == "b":
+        return (f"{t['profile']} calls it in {f(t['calls_per_decision'], '.0%')} of decisions "
+                f"vs neutral {f(t['neutral_calls_per_decision'], '.0%')} (>= "
+                f"{f(t['required_calls_per_decision'], '.0%')}); Sharpe {f(t['sharpe'])} vs "
+                f"neutral {f(t['neutral_sharpe'])} (gap {f(t['sharpe_gap'], '.0%')}, <= "
+                f"{_SHARPE_TOLERANCE:.0%})")
+    baseline = {"c": "random", "d": "buy-and-hold", "e": "free-tools"}[letter]
+    text = (f"policy Sharpe {f(t['policy_sharpe'])} vs {baseline} "
+            f"{f(t[baseline.replace('-', '_') + '_sharpe'])}: difference "
+            f"{f(t['difference'], '+.2f')} [{f(t['low'], '+.2f')}, {f(t['high'], '+.2f')}] "
+            "paired 95%")
+    if letter == "c":
+        text += f"; random's cost per decision {f(t['cost_ratio'])}x the policy's"
+    return text

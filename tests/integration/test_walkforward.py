@@ -105,6 +105,10 @@ def test_walk_forward_stitches_test_years_and_resumes(loaded_db, tmp_path):
     payload = json.loads(result.stdout)
     assert payload["reused_folds"] == [2016, 2017] and payload["computed_folds"] == []
     assert {r["orchestrator"] for r in payload["results"]} == set(ORCHESTRATORS)
+    # free-tools and buy-and-hold are evaluated: targets d and e (a and c need all-tools, random)
+    assert {"d:neutral", "e:neutral"} <= set(payload["targets"])
+    assert not {"a:neutral", "c:neutral"} & set(payload["targets"])
+    assert payload["report_path"].endswith(f"{first.sweep_id}-2016-2017.html")
     table = CliRunner().invoke(app, [
         "evaluate", "--walk-forward", "--start", "2016", "--end", "2017", "--train-years", "1",
         "--steps", str(STEPS), "--profiles", "neutral", "--orchestrators",
@@ -112,6 +116,8 @@ def test_walk_forward_stitches_test_years_and_resumes(loaded_db, tmp_path):
     ], catch_exceptions=False)
     assert table.exit_code == 0 and "Sharpe of each fold" in table.stdout
     assert "2 reused" in table.stdout
+    assert "e:neutral: policy Sharpe" in table.stdout and f"report: {payload['report_path']}" \
+        in table.stdout
 
 
 def test_walk_forward_cli_refuses_bad_options(loaded_db, tmp_path):
