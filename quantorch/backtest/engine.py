@@ -135,7 +135,7 @@ class _Walk:
     orders: np.ndarray  # signed shares executed at each session (NaN: none)
     filled: np.ndarray  # signed shares filled (0: none)
     fees: np.ndarray
-    cash: np.ndarray  # after each session's fills (and the bill paid at its close)
+    cash: np.ndarray  # after each session's fills and the bill paid at its close
     bills: np.ndarray | None = None  # USD debited at each session's close
 
 
@@ -360,9 +360,11 @@ def _record(
     cash_flow = np.where(is_buy, -notional, notional) - fees
     cash = initial_cash + np.cumsum(np.bincount(idx, weights=cash_flow, minlength=n_dates))
     del cash_flow
-    cash[np.abs(cash) <= 1e-9 * initial_cash] = 0.0  # summation dust from an all-in buy
-    if walk.bills is not None:  # after the dust: a bill of a tenth of a cent is not dust
+    if walk.bills is not None:
         cash -= np.cumsum(walk.bills)
+    # summation dust where the kernel's cash is exactly 0 (an all-in buy spent it): only there,
+    # since a bill is real money however small (a cost-conscious decision pays $0.001)
+    cash[(walk.cash == 0.0) & (np.abs(cash) <= 1e-9 * initial_cash)] = 0.0
     np.multiply(value, prices.mark, out=value, where=value != 0)  # ... now in money
     value[np.isnan(value)] = 0.0
     gross_value = np.abs(value).sum(axis=1)
