@@ -90,7 +90,7 @@ SPEC = ToolSpec(
         "Sentiment of the news and posts about the stock published in the days before the "
         "decision (3 by default): mean score in [-1, 1], how many items, the shares of positive "
         "and negative items, and for the dearer providers their dispersion and a confidence. "
-        "Neutral with no coverage, and free, when there is no news."
+        "Neutral with no coverage when there is no news."
     ),
     parameters={
         "type": "object",

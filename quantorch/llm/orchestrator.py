@@ -122,6 +122,8 @@ class Plan:
     latency_ms: float = 0.0
     messages: list[dict[str, Any]] = field(default_factory=list)
     tool_calls_seen: int = 0  # function calls the model made (valid or not)
+    #: The server error that ended the decision with the fallback (HTTP 5xx after retries).
+    server_error: LLMError | None = None
 
     @property
     def tokens(self) -> int:
@@ -175,8 +177,10 @@ class LLMOrchestrator:
         """The plans of one session's decisions, all conversations at once.
 
         ``call_tool(j, slot)`` answers slot ``slot`` for decision ``j`` (the kernel's executor).
-        Raises :class:`LLMError` when the endpoint fails (after the client's retries) or when no
-        reply of the session held a function call at all (the server has no tool calling).
+        Raises :class:`LLMError` when the endpoint fails (after the client's retries) on every
+        decision of the session, or is unreachable, or when no reply of the session held a
+        function call at all (the server has no tool calling). A server error (HTTP 5xx) on
+        some decisions only ends those with the fallback, said in their rationale.
         """
         system = system_prompt(profile, slots, self.specs, self.settings.usd_per_1m_input_tokens,
                                self.settings.usd_per_1m_output_tokens)
@@ -197,6 +201,8 @@ class LLMOrchestrator:
         finally:  # what was answered is kept, even when a later request failed
             if self.cache is not None and hasattr(self.cache, "flush"):
                 self.cache.flush()
+        if plans and all(p.server_error is not None for p in plans):
+            raise plans[0].server_error
         if plans and all(p.tool_calls_seen == 0 for p in plans):
             raise LLMError(
                 f"model {self.model.model!r} made no function call in any of the "
@@ -257,7 +263,17 @@ class LLMOrchestrator:
             if plan.rounds >= self.settings.max_rounds:
                 plan.fallback = f"no {SUBMIT} within {self.settings.max_rounds} replies"
                 break
-            reply = await self._ask(plan, messages, tools)
+            try:
+                reply = await self._ask(plan, messages, tools)
+            except LLMError as exc:
+                # the server failed on this one request after the client's retries (e.g.
+                # `transformers serve` answers 500 to a tool call it cannot parse): this
+                # decision keeps its position; a whole session failing is an outage (raised)
+                if exc.kind != "temporary" or exc.status is None or exc.status < 500:
+                    raise
+                plan.server_error = exc
+                plan.fallback = f"the endpoint failed on this request (HTTP {exc.status})"
+                break
             said = reply.message()
             said["content"] = strip_thinking(said["content"])  # Qwen3's <think> stays out
             messages.append(said)

@@ -76,9 +76,12 @@ def check_run(db: Path, first: dict, second: dict) -> None:
     assert decisions["target_weight"].abs().max() <= load_profile("neutral").limits.max_position
     transcripts = rows(db, f"SELECT * FROM llm_transcripts WHERE run_id = '{first['run_id']}'")
     assert len(transcripts) == len(decisions)
-    # the rerun: every reply from the transcript cache, free, the same decisions
+    # the rerun: every reply from the transcript cache, free, the same decisions; a request
+    # the server failed on (transformers serve answers 500 to a tool call it cannot parse: that
+    # decision kept its position) is no reply, so it is sent again, and fails the same way
+    failed = int(transcripts["fallback"].str.startswith("the endpoint failed", na=False).sum())
     again = second["tools"]["llm"]
-    assert again["cache_hit_rate"] == 1.0 and again["cost_usd"] == 0
+    assert again["requests"] - again["cached_requests"] == failed and again["cost_usd"] == 0
     assert second["metrics"] == first["metrics"]
 
 

@@ -315,6 +315,34 @@ def test_http_500_forever_is_a_temporary_error():
     assert info.value.kind == "temporary" and info.value.exit_code == 3
 
 
+class FailingFor(Server):
+    """A server that answers 500 to every request about one ticker (``transformers serve``
+    does so when it cannot parse the model's tool call: the same reply every time)."""
+
+    def __init__(self, script, ticker):
+        super().__init__(script)
+        self.ticker = ticker
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.ticker in json.loads(request.content)["messages"][1]["content"]:
+            return httpx.Response(500, text="Internal Server Error")
+        return super().__call__(request)
+
+
+def test_a_server_error_on_one_decision_keeps_that_position_and_the_session_goes_on():
+    server = FailingFor(lambda body, turn: reply(submit()), "MSFT")
+    plans, orch = plan(server, [decision("AAPL"), decision("MSFT")], retries=1)
+    ok, failed = plans
+    assert ok.bucket is not None and ok.fallback is None
+    assert failed.bucket is None and "HTTP 500" in failed.fallback
+    assert orch.stats["fallbacks"] == 1
+    # every decision of a session failing is an outage: the run stops with exit 3
+    with pytest.raises(LLMError) as info:
+        plan(FailingFor(lambda body, turn: reply(submit()), "MSFT"), [decision("MSFT")],
+             retries=1)
+    assert info.value.exit_code == 3
+
+
 def test_a_timeout_is_a_temporary_error_naming_the_fix():
     failures = [httpx.ReadTimeout("slow")] * 10
     with pytest.raises(LLMError) as info:
