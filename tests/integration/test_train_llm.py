@@ -65,6 +65,11 @@ SFT_STEPS, GRPO_STEPS, SFT_LR, GRPO_LR = 40, 24, 5e-4, 1e-4
 
 
 def test_training_moves_the_model_onto_the_planted_tool(trained):
+    """Fragile by nature: on 24 validation points with random held positions (which a
+    fallback keeps) the reward's noise is about +-70 bps, and a few dozen steps teach a tiny
+    random model which tool to call before they teach it to read the sign of its output. It
+    holds for the cached base of these prompts; a base rebuilt for other prompts (any change to
+    a tool's description) can fail the reward line while the routing lines hold."""
     before, after = trained["result"].before, trained["result"].after
     assert after[f"call_rate.{PLANTED_TOOL}"] > before[f"call_rate.{PLANTED_TOOL}"]
     assert after[f"call_rate.{NOISE_TOOL}"] < before[f"call_rate.{NOISE_TOOL}"]
@@ -87,22 +92,37 @@ def test_the_output_directory(trained):
     assert {"sft", "grpo", "eval:base", "eval:grpo"} <= stages
 
 
-def test_the_merged_checkpoint_serves_a_backtest(trained, loaded_db, tmp_path):
+def test_the_merged_checkpoint_serves_a_backtest_and_joins_evaluate(trained, loaded_db, tmp_path):
     merged = trained["out"] / "merged"
     config = tmp_path / "llm.yaml"
+    period = ["--start", "2021-01-04", "--end", "2021-01-15"]
     with serve(merged) as server:
         config.write_text(yaml.safe_dump({"universe": load_config().universe[:2], "llm": {
             "base_url": server.base_url, "model": server.model, "max_concurrency": 2,
             "timeout_s": 300, "max_tokens": 128}}))
-        result = runner.invoke(app, ["backtest", "--orchestrator", "llm", "--start", "2021-01-04",
-                                     "--end", "2021-01-15", "--config", str(config), "--db",
-                                     str(loaded_db), "--json"], catch_exceptions=False)
+        result = runner.invoke(app, ["backtest", "--orchestrator", "llm", *period, "--config",
+                                     str(config), "--db", str(loaded_db), "--json"],
+                               catch_exceptions=False)
+        # the fine-tuned model beside the compact policy and the baselines, same period and
+        # costs (the backtest's conversations are cached: evaluate's llm row replays them)
+        evaluated = runner.invoke(app, ["evaluate", *period, "--profiles", "neutral",
+                                        "--orchestrators", "policy,llm,free-tools,buy-and-hold",
+                                        "--seeds", "1", "--config", str(config), "--db",
+                                        str(loaded_db), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     outcome = json.loads(result.stdout)
     llm = outcome["tools"]["llm"]
     print(f"\nserved backtest: {llm['decisions']} decisions, fallback rate "
           f"{llm['fallback_rate']:.0%}, tool mix {outcome['tools']['tool_mix']}")
     assert llm["decisions"] > 0 and llm["completion_tokens"] > 0
+    assert evaluated.exit_code == 0, evaluated.stderr
+    rows = {r["orchestrator"]: r for r in json.loads(evaluated.stdout)["results"]}
+    assert set(rows) == {"policy", "llm", "free-tools", "buy-and-hold"}
+    for name, row in rows.items():
+        print(f"evaluate {name}: Sharpe {row['sharpe']}, cost ${row['tool_cost_usd']:.4f}, "
+              f"calls/decision {row['calls_per_decision']:.2f}")
+    # the llm row's cost includes its own tokens, which the tools-only rows do not have
+    assert rows["llm"]["tool_cost_usd"] > 0 and rows["free-tools"]["tool_cost_usd"] == 0
 
 
 def test_grpo_renders_the_served_prompt_token_for_token(tmp_path):
