@@ -78,7 +78,8 @@ def store(tmp_path) -> Store:
 
 
 def _real_fills(backtest_db) -> tuple[list[Fill], list[Order], float, float]:
-    """The backtest's fills as a broker would report them, its orders, initial and final cash."""
+    """The backtest's fills as a broker would report them, its orders, initial and final cash
+    (the final cash before the decisions' bills, which a broker never sees)."""
     path, _ = backtest_db
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -88,6 +89,8 @@ def _real_fills(backtest_db) -> tuple[list[Fill], list[Order], float, float]:
             "FROM runs"
         ).fetchall()[0][0]
         final = con.execute("SELECT cash FROM equity ORDER BY date DESC LIMIT 1").fetchall()[0][0]
+        final += con.execute("SELECT coalesce(sum(tool_cost_usd), 0) + "
+                             "coalesce(sum(llm_cost_usd), 0) FROM decisions").fetchall()[0][0]
     finally:
         con.close()
     fills, orders = [], []
