@@ -70,13 +70,13 @@ def test_status_and_query_answer_while_the_scheduler_runs(loaded_db):
     try:
         second = cli(loaded_db, "paper", "start")
         assert second.returncode == 2 and f"PID {pid}" in second.stderr
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # the catch-up is minutes on 2 loaded cores
         while True:
             status = read_status(loaded_db)
             assert status["scheduler"] == {"running": True, "pid": pid}
             if status["last_cycle"]["session"] == "2022-12-29" or time.monotonic() > deadline:
                 break
-        assert status["last_cycle"]["status"] == "failed"
+        assert status["last_cycle"]["status"] == "failed", status["last_cycle"]
         assert "no sample prices for 2022-12-29" in status["last_cycle"]["message"]
         assert status["as_of"] == "2022-12-28"  # the missed sessions were settled and marked
         assert read_cycles(loaded_db) > 0
