@@ -267,7 +267,11 @@ class DecisionCore:
     def _decision_terms(self, rows: np.ndarray, position: np.ndarray) -> dict[str, np.ndarray]:
         data = self.dataset
         pidx = self.profile[rows]
-        called_tools = (self.called[rows].astype(np.int64) @ self.slot_tool_onehot.astype(np.int64)) > 0
+        # the tool fit counts the tools that answered: a call whose tool had no data is free
+        # (charged_cost) and tells nothing, so it earns no preference bonus either (else an
+        # empty slot, such as fundamental:factor before 2014, is a free bonus to collect)
+        answered = self.called[rows] & data.slot_coverage[self.row[rows]]
+        called_tools = (answered.astype(np.int64) @ self.slot_tool_onehot.astype(np.int64)) > 0
         forward = np.nan_to_num(data.forward_return[self.row[rows]], nan=0.0)
         return decision_reward(
             position=position,

@@ -226,3 +226,20 @@ def test_a_call_without_coverage_spends_nothing_and_costs_no_reward():
         np.zeros(2),
     )
     assert batch.spent.tolist() == pytest.approx([price + slots[1].price_usd, slots[1].price_usd])
+
+
+def test_a_call_without_coverage_earns_no_preference_bonus():
+    """The tool fit counts tools that answered: calling an empty preferred slot is no free bonus."""
+    slots = resolve_slots(["sentiment:lexicon", "technical:basic"])
+    sessions = pd.DatetimeIndex([NEWS_DAY])
+    panels, _ = slot_panels(market(), slots, TICKERS, sessions)
+    dataset = build_dataset(market().prices, panels, sessions, TICKERS, horizon=5)
+    ko, xom = (int(np.flatnonzero(dataset.tickers == t)[0]) for t in ("KO", "XOM"))
+    fan = load_profile("neutral").model_copy(
+        update={"name": "news-fan", "tool_preferences": {"sentiment": 1.0}})
+    # both call sentiment and keep a flat book: an outcome of 0 passes the gate
+    router = ScriptedRouter("script", ((0,), (0,)), np.array([2, 2]))
+    batch = decide(router, dataset, [fan], EnvConfig(), np.array([ko, xom]),
+                   np.zeros(2, dtype=np.int64), np.zeros(2))
+    bonus = batch.terms["preference"]
+    assert bonus[0] > 0 and bonus[1] == 0  # KO had news; XOM's call answered "no data"
