@@ -172,7 +172,7 @@ class PhaseClock:
         self._wrap(pipeline, "train_from_config", "training", training)
         self._wrap(pipeline, "ensure_prices", "prices")
         self._wrap(pipeline, "market_for", "panels")
-        self._wrap(pipeline, "period_dataset", "panels")
+        self._wrap(pipeline, "period_datasets", "panels")
         self._wrap(pipeline, "train_policy", "ppo")
         self._wrap(pipeline, "save_checkpoint", "save")
         # one depth for all backtest wrappers: a participant built inside a simulation counts once

@@ -159,14 +159,16 @@ def run_fold(request: dict) -> dict:
             "backtest.start": fold.test_start, "backtest.end": fold.test_end,
         })
         trained: dict = {}
+        datasets: dict = {}  # the policy and the all-tools head share one panel computation
         learned = [o for o in orchestrators if o not in _RULES]
         if learned:
-            policy = train_from_config(cfg, store, checkpoints / "policy.pt", settings=settings)
+            policy = train_from_config(cfg, store, checkpoints / "policy.pt", settings=settings,
+                                       datasets=datasets)
             trained["policy"] = _training_summary(policy)
             cfg = cfg.with_overrides({"orchestrator.checkpoint": policy.path})
         if "all-tools" in orchestrators:
             head = train_from_config(cfg, store, checkpoints / "all-tools.pt", all_tools=True,
-                                     settings=settings)
+                                     settings=settings, datasets=datasets)
             trained["all-tools"] = _training_summary(head)
             cfg = cfg.with_overrides({"orchestrator.all_tools_checkpoint": head.path})
         policies = load_policies(cfg, "all-tools" in orchestrators) if learned else None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import math
 import warnings
 
@@ -239,8 +240,29 @@ def quarter_end_sessions(dates: pd.DatetimeIndex) -> np.ndarray:
     return np.array([last[q] == d for q, d in zip(quarters, dates, strict=True)], dtype=bool)
 
 
+#: Fits already made in this process, by the bytes of their return window. A fit depends on
+#: its window only, so a walk-forward fold's training, validation and test panels, and later
+#: folds in the same worker, fit each (ticker, quarter end) once; the results are the same
+#: numbers as fitting again. Bounded: the oldest entries go first.
+_GARCH_FITS: dict[bytes, tuple[tuple[float, float, float], float] | None] = {}
+_GARCH_FITS_MAX = 250_000
+
+
 def _garch_fit(history: np.ndarray) -> tuple[tuple[float, float, float], float] | None:
-    """GARCH(1,1) parameters on percent returns and the variance forecast for the next day."""
+    """GARCH(1,1) parameters on percent returns and the variance forecast for the next day
+    (remembered per window: see ``_GARCH_FITS``)."""
+    window = np.ascontiguousarray(history, dtype=np.float64)
+    key = hashlib.blake2b(window.tobytes(), digest_size=20).digest()
+    if key in _GARCH_FITS:
+        return _GARCH_FITS[key]
+    fitted = _garch_fit_uncached(window)
+    if len(_GARCH_FITS) >= _GARCH_FITS_MAX:
+        del _GARCH_FITS[next(iter(_GARCH_FITS))]
+    _GARCH_FITS[key] = fitted
+    return fitted
+
+
+def _garch_fit_uncached(history: np.ndarray) -> tuple[tuple[float, float, float], float] | None:
     from arch import arch_model
 
     try:

@@ -479,7 +479,7 @@ def train_llm_from_config(config, store, out: Path, settings: LLMTrainSettings, 
     from quantorch.orchestrator.slots import WARMUP_SESSIONS
     from quantorch.store import code_version
     from quantorch.toolkit.registry import get_tool
-    from quantorch.training.data import market_for, period_dataset
+    from quantorch.training.data import market_for, period_datasets
     from quantorch.training.pipeline import resolve_profiles
 
     periods = config.training
@@ -497,13 +497,11 @@ def train_llm_from_config(config, store, out: Path, settings: LLMTrainSettings, 
     ensure_prices(store, config.data.source, wanted, first, periods.val_end)
     market = market_for(config, store, periods.train_start, periods.val_end)
     extra = config.tools.extra_dirs
-    datasets = []
-    for start, end in ((periods.train_start, periods.train_end),
-                       (periods.val_start, periods.val_end)):
-        say(f"computing tool panels for {start} to {end}")
-        datasets.append(period_dataset(market, slots, start, end, policy.horizon,
-                                       normalisation=policy.normalisation,
-                                       extra_dirs=extra).tradable())
+    say("computing tool panels for the training and validation periods")
+    datasets = [d.tradable() for d in period_datasets(
+        market, slots,
+        [(periods.train_start, periods.train_end), (periods.val_start, periods.val_end)],
+        policy.horizon, normalisation=policy.normalisation, extra_dirs=extra)]
     if not all(len(d) for d in datasets):
         raise UserInputError(
             "no decision points with a known forward return in the training or validation "

@@ -18,7 +18,7 @@ from quantorch.orchestrator.policy import save_checkpoint
 from quantorch.orchestrator.profiles import TraderProfile, list_profiles, load_profile
 from quantorch.orchestrator.slots import WARMUP_SESSIONS, resolve_slots
 from quantorch.store import Store, code_version
-from quantorch.training.data import market_for, period_dataset
+from quantorch.training.data import market_for, period_datasets
 from quantorch.training.ppo import PPOSettings, TrainResult, train_policy
 
 __all__ = ["TrainOutcome", "train_from_config", "resolve_profiles"]
@@ -49,6 +49,7 @@ def train_from_config(
     settings: PPOSettings | None = None,
     say: Callable[[str], None] = lambda _m: None,
     on_progress: Callable[[int, int, dict | None], None] | None = None,
+    datasets: dict | None = None,
 ) -> TrainOutcome:
     """Train the routing policy (or, with ``all_tools``, the forced-routing decision head).
 
@@ -59,6 +60,10 @@ def train_from_config(
     :class:`~quantorch.training.ppo.ForcedRoutingEnv`: every learner step is a decision and
     its reward leaves out the routing's own terms, so it is neither charged a sunk cost nor
     paid to sit in cash for a tool fit it cannot change (docs/reward.md, "The all-tools head").
+
+    ``datasets`` (a dict the caller keeps) shares the training and validation datasets
+    between calls on the same periods, slots and universe: a walk-forward fold trains the
+    policy and the all-tools head on one computation of the tool panels.
     """
     periods = config.training
     settings = settings or PPOSettings(steps=periods.steps)
@@ -78,15 +83,20 @@ def train_from_config(
     market = market_for(config, store, periods.train_start, periods.val_end)
 
     horizon = config.orchestrator.horizon
-    say("computing tool panels for the training period")
     extra = config.tools.extra_dirs
-    train = period_dataset(market, slots, periods.train_start, periods.train_end, horizon,
-                           extra_dirs=extra).tradable()
-    say("computing tool panels for the validation period")
-    validation = period_dataset(
-        market, slots, periods.val_start, periods.val_end, horizon,
-        normalisation=train.normalisation, extra_dirs=extra,
-    ).tradable()
+    key = (periods.train_start, periods.train_end, periods.val_start, periods.val_end,
+           tuple(s.key for s in slots), horizon, tuple(config.universe), config.data.source,
+           config.benchmark_symbol, tuple(str(d) for d in extra))
+    if datasets is not None and key in datasets:
+        train, validation = datasets[key]
+    else:
+        say("computing tool panels for the training and validation periods")
+        train, validation = (d.tradable() for d in period_datasets(
+            market, slots,
+            [(periods.train_start, periods.train_end), (periods.val_start, periods.val_end)],
+            horizon, extra_dirs=extra))
+        if datasets is not None:
+            datasets[key] = (train, validation)
     if len(train) == 0 or len(validation) == 0:
         raise UserInputError(
             "no decision points with a known forward return in the training or validation "

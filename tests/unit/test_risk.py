@@ -173,6 +173,30 @@ def test_garch_single_call_fits_once_and_agrees_with_the_panel(returns, monkeypa
         assert last[-1] == everything[end - 1]
 
 
+def test_garch_fits_each_window_once_per_process(returns, monkeypatch):
+    """A fit is remembered by its window's bytes: computing the panel again (a walk-forward's
+    validation and test panels, a later fold) fits nothing and gives the same numbers."""
+    from quantorch.tools import risk
+
+    monkeypatch.setattr(risk, "_GARCH_FITS", {})
+    r = returns["KO"].to_numpy()
+    refit = quarter_end_sessions(pd.DatetimeIndex(returns.index))
+    fits = []
+    real_fit = risk._garch_fit_uncached
+    monkeypatch.setattr(risk, "_garch_fit_uncached", lambda h: fits.append(len(h)) or real_fit(h))
+    first = garch_volatility(r, refit)
+    assert len(fits) == len(risk._GARCH_FITS) > 0
+    fits.clear()
+    again = garch_volatility(r.copy(), refit)
+    assert fits == [] and np.array_equal(first, again, equal_nan=True)
+    shorter = garch_volatility(r[:900], refit[:900])  # a fold that ends earlier
+    assert fits == [] and np.array_equal(shorter, first[:900], equal_nan=True)
+    monkeypatch.setattr(risk, "_GARCH_FITS_MAX", 2)  # bounded: the oldest entries go
+    oldest = next(iter(risk._GARCH_FITS))
+    risk._garch_fit(r[:300] * 1.5)
+    assert oldest not in risk._GARCH_FITS
+
+
 def test_garch_needs_250_returns():
     r = stock_market().prices.close["KO"].loc["2014-01-01":"2014-09-30"].pct_change().to_numpy()
     refit = quarter_end_sessions(stock_market().prices.dates[
