@@ -185,6 +185,16 @@ def evaluate(
         from quantorch.training.pipeline import resolve_profiles
 
         chosen = resolve_profiles(wanted, available_tools())
+        if not walk_forward:
+            from quantorch.errors import UserInputError
+
+            given = [flag for flag, value, default in (
+                ("--train-years", train_years, "all"), ("--refit", refit, "yearly"),
+                ("--workers", workers, 1), ("--executor", executor, "local"),
+                ("--steps", steps, None)) if value != default]
+            if given:
+                raise UserInputError(f"{', '.join(given)} only apply with --walk-forward; add "
+                                     "it, or leave them out for a single held-out period")
         store = open_store(cfg, db)
         if walk_forward:
             _walk_forward(cfg, store, chosen, names, start, end, train_years, refit, workers,
@@ -256,16 +266,23 @@ def _print_walk_forward(result) -> None:
     out.print(f"DSR = Deflated Sharpe Ratio over {result.trials} trials (orchestrators x "
               "profiles); expo = mean gross exposure; $/dec = tool cost per decision (USD); "
               "calls = tool calls per decision", style="dim")
-    folds = compact_table("Sharpe of each fold's test year (the figures above are stitched "
-                          "from these)")
-    folds.add_column("orch.", no_wrap=True)
-    folds.add_column("profile", no_wrap=True)
-    for year in years:
-        folds.add_column(f"{year % 100:02d}", justify="right", no_wrap=True)
-    for r in result.rows:
-        folds.add_row(_SHORT.get(r.orchestrator, r.orchestrator), _SHORT.get(r.profile, r.profile),
-                      *(num(r.per_fold_sharpe.get(y), ".1f") for y in years))
-    out.print(folds)
+    # each fold's Sharpe, in blocks of at most 11 years so a row fits 80 columns ("-0.3")
+    blocks = math.ceil(len(years) / 11)
+    size = math.ceil(len(years) / blocks)
+    for first in range(0, len(years), size):
+        block = years[first:first + size]
+        title = "Sharpe of each fold's test year (the figures above are stitched from these)"
+        folds = compact_table(title if first == 0 else None)
+        folds.add_column("orch.", no_wrap=True)
+        folds.add_column("profile", no_wrap=True)
+        for year in block:
+            folds.add_column(str(year) if len(block) <= 6 else f"{year % 100:02d}",
+                             justify="right", no_wrap=True)
+        for r in result.rows:
+            folds.add_row(_SHORT.get(r.orchestrator, r.orchestrator),
+                          _SHORT.get(r.profile, r.profile),
+                          *(num(r.per_fold_sharpe.get(y), ".1f") for y in block))
+        out.print(folds)
     for r in result.rows:
         for baseline, d in r.versus.items():
             style = "green" if d["significant"] and d["difference"] > 0 else (

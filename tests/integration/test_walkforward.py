@@ -134,6 +134,11 @@ def test_walk_forward_cli_refuses_bad_options(loaded_db, tmp_path):
         result = CliRunner().invoke(app, [*common, *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.stderr
+    # walk-forward options without --walk-forward are refused, not silently ignored
+    result = CliRunner().invoke(app, [c for c in common if c != "--walk-forward"]
+                                + ["--start", "2020", "--train-years", "3", "--workers", "2"])
+    assert result.exit_code == 2
+    assert "--train-years, --workers only apply with --walk-forward" in result.stderr
 
 
 @pytest.mark.slow
