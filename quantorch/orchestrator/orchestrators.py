@@ -147,10 +147,11 @@ def without_routing_terms(core: DecisionCore) -> DecisionCore:
 
     Under forced routing (``all-tools``) both are constants of the routing, not of the decision:
     its calls are paid whatever the head decides, and they cover every preferred tool. Left in,
-    the tool fit turns into a payment for sitting in cash, because the preference bonus is gated
-    on a non-negative outcome and a flat position's outcome is exactly 0: with every tool called,
-    a profile with preferences earns the whole bonus (50 bps x its weight) for sure by staying
-    flat, more than a position's expected edge. The observation is untouched (the profile's
+    the tool fit was a payment for sitting in cash while the preference bonus was gated on a
+    non-negative outcome (a flat position's outcome is exactly 0: with every tool called, a
+    profile with preferences earned the whole bonus, 50 bps x its weight, for sure by staying
+    flat); under today's strictly positive gate it would still pay the head for a routing it
+    cannot change. The observation is untouched (the profile's
     preference weights and budget are still seen) and ``spent`` still records the real spend.
     """
     core.profile_prefs = np.zeros_like(core.profile_prefs)

@@ -55,7 +55,7 @@ class RewardWeights(_Strict):
     tool_cost: float = Field(1.0, ge=0, description="l")
     preference: float = Field(1.0, ge=0, description="g")
     gate_preference: bool = Field(
-        True, description="preference bonus only when the decision's risk-adjusted P&L is >= 0"
+        True, description="preference bonus only when the decision's risk-adjusted P&L is > 0"
     )
 
 

@@ -123,7 +123,7 @@ def decision_reward(
     """All terms and the total, each in reward units (bps of full-position notional).
 
     ``weights`` holds arrays (or scalars) ``pnl``, ``risk``, ``tool_cost``, ``preference`` and
-    ``gate`` (1 = gate the preference bonus on a non-negative risk-adjusted P&L).
+    ``gate`` (1 = gate the preference bonus on a positive risk-adjusted P&L).
     ``preference_scale`` converts the unit-less preference term into notional fractions: with
     the default, a perfect tool fit is worth 50 bps, the order of a week's edge.
     """
@@ -133,7 +133,9 @@ def decision_reward(
     tool = tool_cost_term(tool_cost_usd, cost_budget_usd, budget_bps)
     pref = preference_term(called, preferences, previous_position, position, turnover_aversion)
     outcome = weights["pnl"] * pnl - weights["risk"] * risk
-    gate = np.where(np.asarray(weights["gate"]) > 0, (outcome >= 0).astype(np.float64), 1.0)
+    # strictly positive: a flat decision (outcome exactly 0) earns no tool-fit bonus, else
+    # calling the preferred tools and staying in cash is a sure bonus (docs/reward.md)
+    gate = np.where(np.asarray(weights["gate"]) > 0, (outcome > 0).astype(np.float64), 1.0)
     pref_bonus = weights["preference"] * preference_scale * np.where(pref > 0, pref * gate, pref)
     total = outcome - tc - weights["tool_cost"] * tool + pref_bonus
     return {

@@ -51,18 +51,19 @@ def prefers_oracle():
                          cost_budget_usd=0.001, turnover_aversion=0.2)
 
 
-def test_a_flat_position_collects_the_gated_bonus_unless_routing_terms_are_left_out(
+def test_a_flat_position_earns_no_gated_bonus_and_routing_terms_can_be_left_out(
         prefers_oracle):
-    """The cause of the all-tools head sitting in cash: with every preferred tool called, a flat
-    decision (outcome exactly 0) passes the outcome gate and earns the whole preference bonus."""
+    """The cause of the all-tools head sitting in cash was a gate that a flat decision (outcome
+    exactly 0) passed, paying the whole preference bonus for sure. The gate is strictly positive
+    now; the forced calls' cost is still sunk, and the head learns without the routing's terms."""
     data = planted_dataset(200)
     rows, n = np.arange(200), 200
     args = (_ForcedThen(FLAT), data, [prefers_oracle], EnvConfig(), rows, np.zeros(n, int), np.zeros(n))
     full = decide(*args)
     decision_only = decide(*args, routing_terms=False)
-    assert np.allclose(full.terms["preference"], 50.0)  # a sure 50 bps for sitting in cash
+    assert np.allclose(full.terms["preference"], 0.0)  # no bonus for sitting in cash
     assert np.allclose(full.terms["tool_cost"], 0.005 / 0.001 * 20)  # 100 bps, sunk
-    assert np.allclose(full.terms["total"], 50.0 - 100.0)
+    assert np.allclose(full.terms["total"], -100.0)
     assert np.allclose(decision_only.terms["preference"], 0.0)
     assert np.allclose(decision_only.terms["total"], 0.0)
     assert np.array_equal(full.spent, decision_only.spent)  # the real spend is still recorded

@@ -94,6 +94,16 @@ def test_preference_bonus_gated_on_outcome():
     assert ungated["preference"] > 0
 
 
+def test_a_flat_decision_earns_no_gated_preference_bonus():
+    """Outcome exactly 0 (flat, no move) does not pass the gate: else calling the preferred
+    tools and staying in cash is a sure bonus."""
+    flat = _reward(position=np.array([0.0]))
+    assert flat["pnl"] == 0 and flat["preference"] == 0
+    ungated = _reward(position=np.array([0.0]),
+                      weights={"pnl": 1.0, "risk": 1.0, "tool_cost": 1.0, "preference": 1.0, "gate": 0.0})
+    assert ungated["preference"] > 0
+
+
 def test_weights_scale_their_terms():
     base = _reward()
     cheap = _reward(weights={"pnl": 1.0, "risk": 1.0, "tool_cost": 3.0, "preference": 1.0, "gate": 1.0})

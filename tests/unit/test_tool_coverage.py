@@ -235,9 +235,11 @@ def test_a_call_without_coverage_earns_no_preference_bonus():
     panels, _ = slot_panels(market(), slots, TICKERS, sessions)
     dataset = build_dataset(market().prices, panels, sessions, TICKERS, horizon=5)
     ko, xom = (int(np.flatnonzero(dataset.tickers == t)[0]) for t in ("KO", "XOM"))
-    fan = load_profile("neutral").model_copy(
-        update={"name": "news-fan", "tool_preferences": {"sentiment": 1.0}})
-    # both call sentiment and keep a flat book: an outcome of 0 passes the gate
+    neutral = load_profile("neutral")
+    fan = neutral.model_copy(update={  # ungated, so the outcome of a flat book does not matter
+        "name": "news-fan", "tool_preferences": {"sentiment": 1.0},
+        "reward": neutral.reward.model_copy(update={"gate_preference": False})})
+    # both call sentiment and keep a flat book
     router = ScriptedRouter("script", ((0,), (0,)), np.array([2, 2]))
     batch = decide(router, dataset, [fan], EnvConfig(), np.array([ko, xom]),
                    np.zeros(2, dtype=np.int64), np.zeros(2))
