@@ -380,7 +380,11 @@ def sweep_key(config: QuantorchConfig, *, train_years: int | None, refit: str, s
               orchestrators: Sequence[str], profiles: Sequence[TraderProfile],
               settings: dict) -> str:
     """Hash of everything a fold's result depends on except its test year (and paths), so
-    widening the year range reuses the folds already computed."""
+    widening the year range reuses the folds already computed. The code version is part of it
+    (the release and, in a checkout, the commit and whether it has changes): a fold computed
+    by other code, with another reward say, is never reused as if it were this code's."""
+    from quantorch.store import code_version
+
     shaping = json.loads(config.model_dump_json(exclude={"database", "reports_dir", "paper"}))
     # each fold sets these itself: they do not change its result
     for section, keys in (("backtest", ("start", "end", "strategy")),
@@ -392,7 +396,7 @@ def sweep_key(config: QuantorchConfig, *, train_years: int | None, refit: str, s
         "train_years": train_years, "refit": refit, "steps": steps,
         "orchestrators": list(orchestrators),
         "profiles": [json.loads(p.model_dump_json()) for p in profiles],
-        "settings": settings, "format": _FORMAT,
+        "settings": settings, "format": _FORMAT, "code_version": code_version(),
     }
     blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

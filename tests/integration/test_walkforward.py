@@ -164,3 +164,18 @@ def test_walk_forward_on_a_local_dask_cluster(loaded_db, tmp_path):
         ("policy", 503), ("buy-and-hold", 503)}
     assert sorted(p.name for p in result.sweep_dir.glob("fold-*.json")) == [
         "fold-2016.json", "fold-2017.json"]
+
+
+def test_the_sweep_key_changes_with_the_code_version(monkeypatch):
+    """A fold computed by other code (another reward, say) is never reused as this code's."""
+    import quantorch.store
+    from quantorch.orchestrator.profiles import load_profile
+    from quantorch.walkforward import sweep_key
+
+    args = dict(train_years=None, refit="yearly", steps=1000, orchestrators=["policy"],
+                profiles=[load_profile("neutral")], settings={})
+    monkeypatch.setattr(quantorch.store, "code_version", lambda: "0.1.0+gaaaaaaaaaaaa")
+    first = sweep_key(load_config(), **args)
+    assert sweep_key(load_config(), **args) == first
+    monkeypatch.setattr(quantorch.store, "code_version", lambda: "0.1.0+gbbbbbbbbbbbb")
+    assert sweep_key(load_config(), **args) != first
