@@ -184,9 +184,9 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
     if not rows:
         return _note("No results.")
     header = [
-        "orchestrator", "profile", "Sharpe [95% bootstrap]", "Sharpe over seeds (95%)",
-        "CAGR [95% bootstrap]", "max drawdown", "mean gross exposure", "flat decisions",
-        "turnover (per year)", "tool cost (USD)", "tool cost per decision (USD)",
+        "orchestrator", "profile", "Sharpe [95% bootstrap]", "\u00b1 over seeds",
+        "CAGR [95% bootstrap]", "max drawdown", "exposure", "flat",
+        "turnover (per year)", "tool cost (USD)", "per decision (USD)",
         "calls per decision", "preference adherence",
     ]  # fmt: skip
     lines = []
@@ -195,9 +195,9 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
         seeds_low, seeds_high = (tuple(row.sharpe_ci_seeds) + (None, None))[:2]
         if row.seeds > 1 and _finite(seeds_low) and _finite(seeds_high) and seeds_high > seeds_low:
             half = (seeds_high - seeds_low) / 2
-            over_seeds = f"\u00b1{_num(half)} ({row.seeds} seeds)"
+            over_seeds = f"\u00b1{_num(half)} ({row.seeds})"
         else:
-            over_seeds = "deterministic" if row.seeds > 1 else "1 seed"
+            over_seeds = "\u2013" if row.seeds > 1 else "1 seed"
         cells = [
             _esc(row.orchestrator),
             _esc(row.profile),
@@ -206,14 +206,14 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
             _interval(row.cagr, row.cagr_ci_bootstrap, _pct),
             _pct(row.max_drawdown),
             _num(row.exposure, 2),
-            _pct(row.flat_share, 0) if row.flat_share is not None else "n/a (no decisions)",
+            _pct(row.flat_share, 0) if row.flat_share is not None else "\u2013",
             f"{_num(row.turnover, 1)}\u00d7" if _finite(row.turnover) else "n/a",
             _usd(row.tool_cost_usd, 2),
             _usd(row.tool_cost_per_decision_usd, 4),
             _num(row.calls_per_decision, 2),
             _pct(row.preference_adherence)
             if row.preference_adherence is not None
-            else "n/a (neutral)",
+            else "\u2013",
         ]
         separator = ' class="group"' if previous_profile not in (None, row.profile) else ""
         previous_profile = row.profile
@@ -231,16 +231,17 @@ def _results_table(rows: Sequence[EvaluationRow]) -> str:
             _note(
                 "Sharpe: annualised, risk-free rate 0, mean over seeds. The bracket after "
                 "Sharpe and CAGR is the 95% interval of a stationary block bootstrap of the daily "
-                'returns (blocks of 21 sessions on average, 1,000 resamples); "over seeds" is '
-                "the mean \u00b1 1.96 standard errors across seeds (only the random router draws "
-                "random numbers). Mean gross exposure is the book's gross exposure averaged over "
-                "the sessions (1 = fully invested); flat decisions are the share of decisions "
-                "left at a weight of 0 after the RiskGuard (a baseline that loses by sitting in "
-                "cash shows here). Tool cost is the total paid over the period (for llm, its "
-                "own tokens too); random's call probability is matched to the policy's realised "
-                "tool cost per decision under the same profile (the ratio is under Targets, c). "
-                "Preference adherence is the share of the profile's tool-preference weight the "
-                "decisions covered."
+                'returns (blocks of 21 sessions on average, 1,000 resamples); "\u00b1 over seeds" '
+                "is 1.96 standard errors across seeds, with their number (only the random router "
+                "draws random numbers; \u2013 when the seeds agree). Exposure is the book's mean "
+                "gross exposure over the sessions (1 = fully invested); flat is the share of "
+                "decisions left at a weight of 0 after the RiskGuard (a baseline that loses by "
+                "sitting in cash shows here; \u2013 for buy-and-hold, which makes no decisions). "
+                "Tool cost is the total paid over the period (for llm, its own tokens too), "
+                "per decision its mean; random's call probability is matched to the policy's "
+                "realised tool cost per decision under the same profile (the ratio is under "
+                "Targets, c). Preference adherence is the share of the profile's tool-preference "
+                "weight the decisions covered (\u2013 under a profile without preferences)."
             ),
         ]
     )

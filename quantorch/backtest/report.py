@@ -889,6 +889,8 @@ def _tools_section(tools: Mapping | None, tool_calls: pd.DataFrame | None) -> st
         rows = [
             ("Decisions", _format(tools.get("decisions"), "int")),
             ("Tool calls", _format(tools.get("tool_calls"), "int")),
+            ("Calls with data (the others were free and empty)",
+             _format(tools.get("answered_calls", tools.get("tool_calls")), "int")),
             ("Calls per decision", _format(tools.get("calls_per_decision"), "ratio")),
             ("Tool cost (USD)", _usd(tools.get("tool_cost_usd"), 4)),
             ("Tool cost per decision (USD)", _usd(tools.get("tool_cost_per_decision_usd"), 5)),

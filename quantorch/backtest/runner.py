@@ -405,12 +405,18 @@ def tool_usage(
     with the llm orchestrator's ``transcripts``, its tokens, cost, fallbacks and cache hits too
     (``decision_cost_*`` adds the model's tokens to the tools' bill).
 
+    ``answered_calls`` counts the calls whose tool had data (``coverage``); the others were not
+    charged and told the decision nothing.
+
     P&L attribution: each decision's target weight x its forward return over the horizon
     (from the fill) x equity at the decision, summed by the set of tools the decision called
     ("none" when it called nothing). Decisions whose horizon runs past the data are left out.
     """
     n_decisions = len(decisions)
     n_calls = len(tool_calls)
+    # calls whose tool had data: the others (sentiment without news...) were free and empty
+    answered = (int(tool_calls["coverage"].astype(bool).sum())
+                if n_calls and "coverage" in tool_calls else n_calls)
     total_cost = float(tool_calls["cost_usd"].sum()) if n_calls else 0.0
     traded = float(fills["notional"].sum()) if len(fills) else 0.0
     mix = (
@@ -435,6 +441,7 @@ def tool_usage(
         "decisions": n_decisions,
         "tool_calls": n_calls,
         "calls_per_decision": n_calls / n_decisions if n_decisions else 0.0,
+        "answered_calls": answered,
         "tool_cost_usd": total_cost,
         "tool_cost_per_decision_usd": total_cost / n_decisions if n_decisions else 0.0,
         "tool_cost_bps_of_traded_notional": total_cost / traded * 1e4 if traded else None,

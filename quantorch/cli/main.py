@@ -248,9 +248,13 @@ def _print_backtest(outcome) -> None:
 
 def _print_tools(tools: dict) -> None:
     bps = tools["tool_cost_bps_of_traded_notional"]
+    answered = tools.get("answered_calls", tools["tool_calls"])
+    empty = (f", {tools['tool_calls'] - answered:,} of them free: the tool had no data"
+             if answered < tools["tool_calls"] else "")
     out.print(
         f"tools: {tools['tool_calls']:,} calls for {tools['decisions']:,} decisions "
-        f"({tools['calls_per_decision']:.2f} per decision); cost ${tools['tool_cost_usd']:,.2f} "
+        f"({tools['calls_per_decision']:.2f} per decision{empty}); "
+        f"cost ${tools['tool_cost_usd']:,.2f} "
         f"(${tools['tool_cost_per_decision_usd']:.4f} per decision, "
         f"{'n/a' if bps is None else f'{bps:.4f}'} bps of traded notional)"
     )

@@ -245,3 +245,19 @@ def test_a_call_without_coverage_earns_no_preference_bonus():
                    np.zeros(2, dtype=np.int64), np.zeros(2))
     bonus = batch.terms["preference"]
     assert bonus[0] > 0 and bonus[1] == 0  # KO had news; XOM's call answered "no data"
+
+
+def test_run_summary_counts_the_calls_that_answered():
+    """A backtest's tool summary tells calls with data from free, empty ones."""
+    from quantorch.backtest.runner import tool_usage
+
+    decisions = pd.DataFrame({"decision_date": pd.to_datetime(["2020-01-02"] * 2),
+                              "target_weight": [0.5, 0.0], "tools_called": [["sentiment:lexicon",
+                              "technical:basic"], ["sentiment:lexicon"]]})
+    calls = pd.DataFrame({"tool": ["sentiment", "technical", "sentiment"],
+                          "provider": ["lexicon", "basic", "lexicon"],
+                          "cost_usd": [0.0, 0.001, 0.0], "coverage": [False, True, False]})
+    usage = tool_usage(decisions, calls, pd.DataFrame({"notional": [1000.0]}),
+                       pd.Series([1e5], index=pd.to_datetime(["2020-01-02"])))
+    assert usage["tool_calls"] == 3 and usage["answered_calls"] == 1
+    assert usage["tool_cost_usd"] == pytest.approx(0.001)
