@@ -147,6 +147,7 @@ class OrchestratorParticipant:
                 shared["calibration"] = build_dataset(
                     panel, [(s, panels.panels[s.key]) for s in setup.slots], decision_dates,
                     tickers, setup.horizon, normalisation=setup.normalisation,
+                    extra_dirs=self.extra_dirs,
                 )
             prepare(shared["calibration"], [self.profile], setup.env_config)
 
