@@ -193,12 +193,18 @@ def test_the_decision_dataset_has_the_coverage_of_single_calls():
 # ---- the decision core: an uncovered call spends nothing ----------------------------------------
 
 
-def test_a_call_without_coverage_spends_nothing_and_costs_no_reward():
+def _news_day_dataset():
+    """Sentiment and technical on the news day: KO had news, XOM none; their rows."""
     slots = resolve_slots(["sentiment:lexicon", "technical:basic"])
     sessions = pd.DatetimeIndex([NEWS_DAY])
     panels, _ = slot_panels(market(), slots, TICKERS, sessions)
     dataset = build_dataset(market().prices, panels, sessions, TICKERS, horizon=5)
     ko, xom = (int(np.flatnonzero(dataset.tickers == t)[0]) for t in ("KO", "XOM"))
+    return slots, dataset, ko, xom
+
+
+def test_a_call_without_coverage_spends_nothing_and_costs_no_reward():
+    slots, dataset, ko, xom = _news_day_dataset()
     assert dataset.slot_coverage[ko].tolist() == [True, True]
     assert dataset.slot_coverage[xom].tolist() == [False, True]
     profile = load_profile("neutral")
@@ -230,11 +236,7 @@ def test_a_call_without_coverage_spends_nothing_and_costs_no_reward():
 
 def test_a_call_without_coverage_earns_no_preference_bonus():
     """The tool fit counts tools that answered: calling an empty preferred slot is no free bonus."""
-    slots = resolve_slots(["sentiment:lexicon", "technical:basic"])
-    sessions = pd.DatetimeIndex([NEWS_DAY])
-    panels, _ = slot_panels(market(), slots, TICKERS, sessions)
-    dataset = build_dataset(market().prices, panels, sessions, TICKERS, horizon=5)
-    ko, xom = (int(np.flatnonzero(dataset.tickers == t)[0]) for t in ("KO", "XOM"))
+    slots, dataset, ko, xom = _news_day_dataset()
     neutral = load_profile("neutral")
     fan = neutral.model_copy(update={  # ungated, so the outcome of a flat book does not matter
         "name": "news-fan", "tool_preferences": {"sentiment": 1.0},
