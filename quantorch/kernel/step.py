@@ -244,6 +244,9 @@ def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_
         order = batch.call_order[j]
         known = math.isfinite(inputs.forward_return[j])
         plan = plans[j] if plans is not None else None
+        # the core charges a call by its coverage; a failed call has none but the provider was
+        # invoked, and the runner bills it (docs/tools.md): the decision pays that bill too
+        failed = sum(results[(j, k)].cost_usd for k in order if results[(j, k)].error)
         decisions.append({
             "decision_id": decision_id,
             "orchestrator": setup.orchestrator.name,
@@ -254,7 +257,7 @@ def _route(book, session, inputs, profile, setup: RoutingSetup, executor, first_
             "horizon": setup.horizon,
             "tools_called": [setup.slots[k].key for k in order],
             "n_calls": len(order),
-            "tool_cost_usd": float(batch.spent[j]),
+            "tool_cost_usd": float(batch.spent[j] + failed),
             "proposed_position": float(batch.position[j]),
             "target_weight": float(guard.weights[idx[j]]),
             "guard_note": guard.notes[idx[j]] or None,

@@ -491,7 +491,9 @@ _COLUMN_COMMENTS = {
         "profile": "trader profile the decision was taken for",
         "ticker": "ticker decided",
         "n_calls": "number of tool calls made",
-        "tool_cost_usd": "price of the calls made (USD)",
+        "tool_cost_usd": "what the calls were billed, debited from cash at the decision (USD): "
+                         "each call with data and each failed call (its provider was invoked); "
+                         "a call without data is free",
         "rationale": "the LLM's explanation; NULL for other orchestrators",
         "reward": "reward of the decision after the horizon; NULL until known",
     },

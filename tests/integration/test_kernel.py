@@ -215,6 +215,34 @@ PLUGIN = textwrap.dedent('''
     TOOL = Drift()
 ''')
 
+#: A plug-in whose panels work (so it can be trained on) but whose live provider is down.
+FLAKY = textwrap.dedent('''
+    """A plug-in tool whose real calls fail: the provider is invoked, and billed, but errs."""
+    from quantorch.toolkit.base import PanelTool
+    from quantorch.toolkit.spec import OutputField, ProviderSpec, ToolSpec
+
+
+    class Flaky(PanelTool):
+        spec = ToolSpec(
+            name="flaky",
+            description="The 5-session return, from a provider that is down for live calls.",
+            outputs=(OutputField(name="ret5", description="5-session return", unit="fraction"),),
+            providers=(ProviderSpec(name="basic", description="closes", usd_per_call=0.0003,
+                                    expected_latency_ms=1),),
+            default_provider="basic",
+        )
+
+        def series(self, data, provider, tickers):
+            close = data.prices.close[tickers]
+            return {"ret5": close / close.shift(5) - 1}
+
+        def run_batch(self, requests, data, provider):
+            raise RuntimeError("provider down")
+
+
+    TOOL = Flaky()
+''')
+
 
 @pytest.mark.slow
 def test_a_plug_in_tool_is_trained_on_and_called_in_a_backtest(loaded_db, tmp_path):
@@ -225,9 +253,10 @@ def test_a_plug_in_tool_is_trained_on_and_called_in_a_backtest(loaded_db, tmp_pa
     folder = tmp_path / "my_tools"
     folder.mkdir()
     (folder / "drift.py").write_text(PLUGIN)
+    (folder / "flaky.py").write_text(FLAKY)
     config = load_config().with_overrides({
         "tools.extra_dirs": [folder],
-        "orchestrator.tools": ["drift:basic", "technical:basic"],
+        "orchestrator.tools": ["drift:basic", "technical:basic", "flaky:basic"],
         "universe": ["AAPL", "JPM", "KO", "XOM"],
         "training.train_start": dt.date(2016, 1, 1), "training.train_end": dt.date(2016, 12, 31),
         "training.val_start": dt.date(2017, 1, 1), "training.val_end": dt.date(2017, 3, 31),
@@ -250,6 +279,15 @@ def test_a_plug_in_tool_is_trained_on_and_called_in_a_backtest(loaded_db, tmp_pa
         drift = sim.tool_calls[sim.tool_calls["tool"] == "drift"]
         assert len(drift) == len(sim.decisions) and set(drift["executor"]) == {tool_calls}
         assert drift["outputs"].str.contains("drift_sign").all()
+        # every decision pays what its calls were billed: live, the failed flaky calls too
+        flaky = sim.tool_calls[sim.tool_calls["tool"] == "flaky"]
+        assert len(flaky) == len(sim.decisions)
+        if tool_calls == "live":
+            assert flaky["error"].str.contains("provider down").all()
+            assert (flaky["cost_usd"] == 0.0003).all() and not flaky["coverage"].any()
+        billed = sim.tool_calls.groupby("decision_id")["cost_usd"].sum()
+        paid = sim.decisions.set_index("decision_id")["tool_cost_usd"]
+        assert paid.to_numpy() == pytest.approx(billed.reindex(paid.index).to_numpy(), abs=1e-12)
 
 
 def test_one_forward_return_for_the_dataset_the_views_and_the_report(loaded_db):
