@@ -156,3 +156,34 @@ def test_grpo_renders_the_served_prompt_token_for_token(tmp_path):
         served = tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                          tokenize=True, return_dict=True)["input_ids"]
         assert list(ids) == list(served)
+
+
+def test_train_llm_is_deterministic_for_a_seed(tmp_path):
+    """Two runs of both stages with one seed write the same adapter, bit for bit, and the same
+    validation figures (on one device; a GPU's kernels may differ from a CPU's)."""
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    import torch
+    from safetensors.torch import load_file
+
+    from quantorch.training.llm import LLMTrainSettings, train_llm
+
+    torch.set_num_threads(1)
+    settings = LLMTrainSettings(
+        base=str(planted_base_dir()), seed=3, sft_steps=4, steps=2, lora_r=4,
+        sft_learning_rate=SFT_LR, learning_rate=GRPO_LR, sft_batch_size=2, num_generations=2,
+        prompts_per_step=1, max_completion_length=128, episodes=8, eval_points=4,
+        eval_max_new_tokens=48,
+    )
+    runs = [train_llm(planted_setup(16, seed=0), planted_setup(8, seed=1), SignalTeacher(),
+                      settings, tmp_path / f"run{i}") for i in range(2)]
+    weights = [load_file(r.out / "adapter" / "adapter_model.safetensors") for r in runs]
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    # trained at all: LoRA's B matrices start at zero
+    assert any(t.abs().sum() > 0 for n, t in weights[0].items() if "lora_B" in n)
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    assert runs[0].before == runs[1].before and runs[0].after == runs[1].after
+    curves = [[{k: v for k, v in row.items() if "second" not in k and "time" not in k}
+               for row in r.curve] for r in runs]
+    assert curves[0] == curves[1]
