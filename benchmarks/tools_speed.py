@@ -223,9 +223,10 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true")
     args = parser.parse_args()
 
-    tools = {name: _tool(name) for name in ("technical", "risk", "fundamental", "sentiment")}
+    tools = {name: _tool(name)
+             for name in ("technical", "risk", "fundamental", "sentiment", "cross_section")}
     providers = [("technical", "basic"), ("technical", "full"), ("risk", "fast"), ("risk", "full"),
-                 ("fundamental", "factor"), ("sentiment", "lexicon")]
+                 ("fundamental", "factor"), ("sentiment", "lexicon"), ("cross_section", "basic")]
     report: dict = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
 
     sample = sample_market()

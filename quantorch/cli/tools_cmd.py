@@ -179,8 +179,10 @@ def tools_run(
             raise UserInputError("--ticker is empty: pass a ticker such as AAPL")
         store = open_store(cfg, db)
         with err.status(f"loading {symbol} from {cfg.data.source}", spinner="dots"):
+            # a tool that ranks the ticker within its universe reads the config's universe too
+            peers = cfg.universe if getattr(tool, "reads_universe", False) else ()
             market = load_ticker_history(
-                store, cfg.data.source, symbol, benchmark=cfg.benchmark_symbol
+                store, cfg.data.source, symbol, benchmark=cfg.benchmark_symbol, peers=peers
             )
         if when is None:
             when = market.prices.close[symbol].dropna().index[-1].date()

@@ -83,8 +83,10 @@ def load_ticker_history(
     *,
     benchmark: str | None = None,
     on_request: Callable[[str], None] | None = None,
+    peers: Sequence[str] = (),
 ) -> MarketData:
-    """Everything a single call about ``ticker`` may read: its whole history from ``source``.
+    """Everything a single call about ``ticker`` may read: its whole history from ``source``
+    (with ``peers``' bars beside it, for a tool that ranks the ticker within its universe).
 
     Fetches what the store lacks (the ticker's full history, the benchmark's, the factor
     ETFs'), then loads it; the runner cuts it at the call's ``asof``. Loading the whole
@@ -107,4 +109,13 @@ def load_ticker_history(
     span = stored_coverage(store, source).get(ticker)
     if span is None:
         raise UnknownTickerError(f"no {source} price bars stored for ticker '{ticker}'")
-    return load_market_data(store, source, [ticker], span[0], span[1], benchmark=benchmark)
+    others = [p for p in dict.fromkeys(peers) if p != ticker]
+    if others:
+        try:
+            ensure_prices(store, source, others, EARLIEST, last, on_request=on_request)
+        except UnknownTickerError:  # a peer the source lacks is left out of the cross-section
+            pass
+        stored = stored_coverage(store, source)
+        others = [p for p in others if p in stored]
+    return load_market_data(store, source, [ticker, *others], span[0], span[1],
+                            benchmark=benchmark)

@@ -142,3 +142,16 @@ def test_a_faulty_tool_exits_4_with_its_error(loaded_db, tmp_path):
                     "--config", str(config), "--db", str(loaded_db))
     assert result.exit_code == 4
     assert "tool fault: momentum:basic raised RuntimeError: disk on fire" in result.stderr
+
+
+def test_run_cross_section_ranks_within_the_config_universe(loaded_db, tmp_path):
+    """A single call of a tool that reads the universe loads the config's universe beside the
+    ticker; with a universe of one there is nothing to rank: no data, not charged."""
+    day = ["--ticker", "KO", "--asof", "2021-03-01", "--json", "--db", str(loaded_db)]
+    ranked = json.loads(invoke("run", "cross_section", *day).stdout)
+    assert ranked["coverage"] and ranked["cost_usd"] == 0.0005
+    assert -0.5 <= ranked["features"]["rank_return_5d"] <= 0.5
+    config = tmp_path / "alone.yaml"
+    config.write_text(yaml.safe_dump({"universe": ["KO"]}))
+    alone = json.loads(invoke("run", "cross_section", *day, "--config", str(config)).stdout)
+    assert not alone["coverage"] and alone["cost_usd"] == 0

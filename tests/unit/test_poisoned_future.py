@@ -1,6 +1,6 @@
 """Poisoned future: overwrite everything after t with garbage; nothing computed at t may change.
 
-For every provider of ``technical`` and ``risk``, on real data, both the whole-panel path
+For every provider of ``technical``, ``risk`` and ``cross_section``, on real data, both the whole-panel path
 (backtests, training) and the single-call path (the runner). The garbage mixes huge, tiny,
 negative, zero, NaN and infinite values in every price, high, low, volume, benchmark and
 factor value after t, so a tool that decides anything from the whole series (e.g. "does this
@@ -20,7 +20,8 @@ from tests._tool_data import index_market, poison_after, same, stock_market, win
 
 RUNNER = ToolRunner(None, cache=False, timeout_s=None)
 
-PROVIDERS = [("technical", "basic"), ("technical", "full"), ("risk", "fast"), ("risk", "full")]
+PROVIDERS = [("technical", "basic"), ("technical", "full"), ("risk", "fast"), ("risk", "full"),
+             ("cross_section", "basic")]
 # (data, decision dates t): a crisis, a quarter-end GARCH refit day, the day after one, a Monday
 DATASETS = {
     "indices-ohlcv": (lambda: window(index_market(), "2006-01-01", "2016-12-31"),
@@ -29,11 +30,20 @@ DATASETS = {
         lambda: window(stock_market(), "2010-01-01", "2015-12-31", ["AAPL", "GE", "RRC", "XOM"]),
         ["2012-03-30", "2012-04-02", "2015-08-24"],
     ),
+    # a cross-section needs at least 5 tickers: the garbage after t hits all of them
+    "stocks-cross-section": (
+        lambda: window(stock_market(), "2010-01-01", "2015-12-31",
+                       ["AAPL", "GE", "RRC", "XOM", "KO", "JPM", "MSFT"]),
+        ["2012-03-30", "2015-08-24"],
+    ),
 }
+#: Which data sets each tool is checked on (a cross-section of 2 or 4 tickers has no ranks).
+CASES = [(t, p, d) for t, p in PROVIDERS for d in DATASETS
+         if (t == "cross_section") == (d == "stocks-cross-section")]
 
 
-@pytest.mark.parametrize("dataset", list(DATASETS))
-@pytest.mark.parametrize(("tool", "provider"), PROVIDERS, ids=[f"{t}:{p}" for t, p in PROVIDERS])
+@pytest.mark.parametrize(("tool", "provider", "dataset"), CASES,
+                         ids=[f"{t}:{p}-{d}" for t, p, d in CASES])
 def test_garbage_after_t_changes_nothing_up_to_t(tool, provider, dataset):
     make, days = DATASETS[dataset]
     data = make()

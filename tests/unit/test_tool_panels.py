@@ -1,6 +1,6 @@
 """Property: a panel value at t equals a single call on data truncated at t (BRIEF section 3).
 
-For every provider of ``technical`` and ``risk``, on real data: the 20 S&P 500 stocks
+For every provider of ``technical``, ``risk`` and ``cross_section``, on real data: the 20 S&P 500 stocks
 (close-only, 1990-2022) and the ^GSPC/^IXIC OHLCV bars (1999-2018). Panels come from
 ``ToolRunner.panel`` (what backtests and training use); single calls go through
 ``ToolRunner.run``, which cuts the data at ``asof``. Numbers must be identical, not close.
@@ -31,6 +31,8 @@ CASES = {
     ("risk", "fast", "indices"): index_market,
     ("risk", "full", "stocks"): lambda: window(stock_market(), "2011-06-01", "2016-12-31",
                                                ["AAPL", "GE", "RRC", "JNJ"]),
+    # ranks within the 20 stocks; AMD, RRC and UNH start later, so the cross-section grows
+    ("cross_section", "basic", "stocks"): stock_market,
 }
 
 
