@@ -75,7 +75,7 @@ SPEC = ToolSpec(
     providers=(
         # Price and latency (measured p50 of a single call on the 20-stock sample): docs/tools.md.
         ProviderSpec(name="basic", description="5 cross-sectional measures from the closes",
-                     usd_per_call=0.0005, expected_latency_ms=5, deterministic=False),
+                     usd_per_call=0.0005, expected_latency_ms=30, deterministic=False),
     ),
     default_provider="basic",
 )
