@@ -38,7 +38,7 @@ def trained(tmp_path_factory) -> dict:
     missing = missing_requirements() + [m for m in ("peft", "datasets")
                                         if __import__("importlib").util.find_spec(m) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (pip install -e '.[dev,llm-train]')")
+        pytest.skip(f"needs {', '.join(missing)} (pip install -e '.[dev]')")
     import torch
 
     from quantorch.training.llm import LLMTrainSettings, rates_text, train_llm
