@@ -4,7 +4,8 @@ training years only (issue 13, item 6: the ceiling on what routing to a tool can
 Usage::
 
     python benchmarks/tool_ic.py [--universe sample|sp500] [--start 2005-01-01]
-        [--end 2018-12-31] [--horizons 5 21] [--tools SLOT,...] [--bootstrap 1000] [--json OUT]
+        [--end 2018-12-31] [--horizons 5 21] [--tools SLOT,...] [--fundamentals FILE]
+        [--bootstrap 1000] [--json OUT]
 
 For each weekly decision date t (the backtests' schedule: the last session of each week) and
 each ticker with a price, every feature is read as the orchestrator would receive it: the free
@@ -24,6 +25,10 @@ weeks); and the share of (date, ticker) points where the feature had data. A cro
 Spearman IC is unchanged by any increasing transform of the feature within a date, so it is
 also the IC of the feature's *rank within the universe*: a cross-sectional-rank feature can
 add no rank signal a raw feature lacks.
+
+``--fundamentals FILE`` imports point-in-time filings first (as ``quantorch data
+import-fundamentals FILE`` does; e.g. ``../shared/data/sec_fundamentals.csv.gz`` with
+``--tools fundamental:file``).
 
 ``--universe sample``: the 20 sample stocks (a fresh temporary database), default 2005-2018,
 the shipped checkpoint's training and validation years. ``--universe sp500``: the 503-ticker
@@ -94,7 +99,8 @@ def block_interval(values: np.ndarray, n_boot: int, seed: int = 0) -> list[float
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def _market(universe: str, start: dt.date, end: dt.date, folder: Path):
+def _market(universe: str, start: dt.date, end: dt.date, folder: Path,
+            fundamentals: Path | None = None):
     """The config, the store and the market data of the universe (prices with warm-up)."""
     from quantorch.config import load_config
     from quantorch.data import calendar
@@ -122,6 +128,11 @@ def _market(universe: str, start: dt.date, end: dt.date, folder: Path):
         config = config.with_overrides({"database.path": db, "universe": tickers,
                                         "data.source": "file", "benchmark": "none"})
     store = Store(config.database.path)
+    if fundamentals is not None:
+        from quantorch.data.fundamentals import import_fundamentals, read_fundamentals_file
+
+        report = import_fundamentals(store, read_fundamentals_file(fundamentals))
+        print(f"imported the filings of {fundamentals.name}: {report}", file=sys.stderr)
     if config.data.source == "sample":
         first = calendar.shift_sessions(start, -WARMUP_SESSIONS).date()
         from quantorch.data.providers.sample import FACTOR_ETFS
@@ -132,7 +143,7 @@ def _market(universe: str, start: dt.date, end: dt.date, folder: Path):
 
 
 def study(universe: str, start: dt.date, end: dt.date, horizons: list[int], n_boot: int,
-          extra_slots: list[str] = ()) -> dict:
+          extra_slots: list[str] = (), fundamentals: Path | None = None) -> dict:
     from quantorch.data.calendar import period_ends
     from quantorch.orchestrator.dataset import (
         CONTEXT_FEATURES,
@@ -144,7 +155,7 @@ def study(universe: str, start: dt.date, end: dt.date, horizons: list[int], n_bo
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quantorch-ic-") as tmp:
-        config, market = _market(universe, start, end, Path(tmp))
+        config, market = _market(universe, start, end, Path(tmp), fundamentals)
         cut = market.truncate(pd.Timestamp(end))
         prices = cut.prices
         sessions = prices.dates[(prices.dates >= pd.Timestamp(start)) & (prices.dates <= pd.Timestamp(end))]
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", type=dt.date.fromisoformat)
     parser.add_argument("--horizons", type=int, nargs="+", default=[5, 21])
     parser.add_argument("--tools", default="", help="extra tool:provider slots, comma-separated")
+    parser.add_argument("--fundamentals", type=Path, help="filings to import first (CSV/Parquet)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -226,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sp500": (dt.date(2001, 1, 1), dt.date(2016, 12, 31))}[args.universe]
     start, end = args.start or defaults[0], args.end or defaults[1]
     extra = [t.strip() for t in args.tools.split(",") if t.strip()]
-    out = study(args.universe, start, end, args.horizons, args.bootstrap, extra)
+    out = study(args.universe, start, end, args.horizons, args.bootstrap, extra, args.fundamentals)
     _print(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
