@@ -53,6 +53,9 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from sentiment_ic import newey_west_t  # noqa: E402  (the benchmarks' one Newey-West t)
+
 SP500_FILE = "sp500_ohlcv_2000_2017_adj.csv.gz"
 BLOCK_WEEKS = 8
 MIN_CROSS_SECTION = 5
@@ -74,19 +77,6 @@ def daily_ic(feature: pd.DataFrame, forward: pd.DataFrame, has_data: pd.DataFram
     return ic
 
 
-def newey_west_t(values: np.ndarray, lags: int) -> float:
-    """t-statistic of the mean with a Bartlett-kernel (Newey-West) long-run variance."""
-    x = values[np.isfinite(values)]
-    n = len(x)
-    if n < 10:
-        return float("nan")
-    e = x - x.mean()
-    variance = e @ e / n
-    for lag in range(1, lags + 1):
-        variance += 2 * (1 - lag / (lags + 1)) * (e[lag:] @ e[:-lag]) / n
-    return float(x.mean() / np.sqrt(variance / n)) if variance > 0 else float("nan")
-
-
 def block_interval(values: np.ndarray, n_boot: int, seed: int = 0) -> list[float]:
     """95% moving-block bootstrap interval of the mean of ``values`` (NaNs dropped)."""
     x = values[np.isfinite(values)]
@@ -101,7 +91,7 @@ def block_interval(values: np.ndarray, n_boot: int, seed: int = 0) -> list[float
 
 def _market(universe: str, start: dt.date, end: dt.date, folder: Path,
             fundamentals: Path | None = None):
-    """The config, the store and the market data of the universe (prices with warm-up)."""
+    """The config and the market data of the universe (prices with warm-up) in ``folder``."""
     from quantorch.config import load_config
     from quantorch.data import calendar
     from quantorch.data.service import ensure_prices
@@ -119,7 +109,6 @@ def _market(universe: str, start: dt.date, end: dt.date, folder: Path,
             print(f"{path} is absent: the sp500 universe needs ../shared/data (or "
                   "QUANTORCH_SHARED_DATA)", file=sys.stderr)
             raise SystemExit(2)
-        sys.path.insert(0, str(Path(__file__).parent))
         from walkforward_speed import _import_sp500, _sp500_universe
 
         db, seconds = _import_sp500(folder, path)
