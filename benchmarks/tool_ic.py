@@ -227,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
                 "sp500": (dt.date(2001, 1, 1), dt.date(2016, 12, 31))}[args.universe]
     start, end = args.start or defaults[0], args.end or defaults[1]
     extra = [t.strip() for t in args.tools.split(",") if t.strip()]
-    out = study(args.universe, start, end, args.horizons, args.bootstrap, extra, args.fundamentals)
+    from quantorch.errors import QuantorchError
+
+    try:
+        out = study(args.universe, start, end, args.horizons, args.bootstrap, extra,
+                    args.fundamentals)
+    except QuantorchError as exc:  # a bad --tools, --fundamentals or period: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _print(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -106,16 +106,16 @@ def load_ticker_history(
             ensure_prices(store, source, [benchmark], EARLIEST, last, on_request=on_request)
         except UnknownTickerError:
             benchmark = None
-    span = stored_coverage(store, source).get(ticker)
-    if span is None:
-        raise UnknownTickerError(f"no {source} price bars stored for ticker '{ticker}'")
     others = [p for p in dict.fromkeys(peers) if p != ticker]
     if others:
         try:
             ensure_prices(store, source, others, EARLIEST, last, on_request=on_request)
         except UnknownTickerError:  # a peer the source lacks is left out of the cross-section
             pass
-        stored = stored_coverage(store, source)
-        others = [p for p in others if p in stored]
+    stored = stored_coverage(store, source)
+    span = stored.get(ticker)
+    if span is None:
+        raise UnknownTickerError(f"no {source} price bars stored for ticker '{ticker}'")
+    others = [p for p in others if p in stored]
     return load_market_data(store, source, [ticker, *others], span[0], span[1],
                             benchmark=benchmark)
